@@ -1,0 +1,36 @@
+# `make run`: set up .venv and reproduce the default pipeline end to end.
+# `make test`: set up .venv and run the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-all zoo bench clean
+
+$(STAMP): pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -e '.[dev,pipeline]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(VENV)/bin/dvc repro
+
+test: setup
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
+
+test-all: setup
+	$(PY) -m pytest -q -n 2 tests
+
+zoo: setup
+	$(PY) benchmarks/zoo.py
+
+bench: setup
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV)
