@@ -1,0 +1,138 @@
+"""LossAwareCriterion: calibrate label scores with the group Taylor estimate of the loss change.
+
+Score of a label (Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning"):
+
+    score(l) = mean over batches b of ( sum_{w owned by l} dL_b/dw * w )^2
+
+Removing a label sets every weight it owns (producer filters, their bias and norm parameters, the
+consumer's input slices; all coupled channels of its group) to zero. To first order that changes the
+batch loss by ``-sum g*w`` over exactly those weights, so the inner sum is the estimated loss change of
+that removal. It is squared per batch (the sign is noise around a trained minimum; its magnitude is what
+matters) and averaged over batches, so the score is in units of loss^2 and means the same thing in every
+layer: no per-layer normalisation is applied, because one would rescale a real loss change and break
+the cross-layer comparison that global and knapsack selection rely on. Only parameters contribute
+(buffers have no gradient); a label owning no parameter with a gradient scores exactly 0, and so does a
+dead channel whose weights are all zero or whose activation is always zero.
+"""
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import torch
+
+__all__ = ["LossAwareCriterion"]
+
+
+class _Site:
+    """One parameter of the snapshot model and the ``(dim, label_index)`` slicings it takes part in."""
+
+    def __init__(self, param: torch.Tensor) -> None:
+        self.param = param
+        self.slicings: list[tuple[int, torch.Tensor]] = []
+
+
+class LossAwareCriterion:
+    """Context manager that collects group Taylor scores for the labels of one snapshot.
+
+    ``with LossAwareCriterion(ir) as collector: out = collector(x); loss_fn(out, y).backward()``.
+    ``collector(*args, **kwargs)`` runs ``ir.snapshot(snapshot_name).run(...)``. Each ``backward()``
+    adds ``sum g*w`` per label into the current batch (gradients are read in tensor hooks, so ``.grad``
+    and ``zero_grad`` do not matter); each new collector call, and the exit, closes the batch.
+    On a normal exit ``snapshot.scores`` becomes a float64 CPU tensor ``[num_labels]``; hooks are always
+    removed. Any mode (train/eval) and device work; the model is not moved.
+    """
+
+    def __init__(self, ir: Any, snapshot_name: str = "main") -> None:
+        self.ir = ir
+        self.snapshot_name = snapshot_name
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._batch: dict[torch.device, torch.Tensor] = {}
+        self._sum_sq: torch.Tensor | None = None
+        self._num_batches = 0
+        self._active = False
+
+    def __enter__(self) -> "LossAwareCriterion":
+        if self._active:
+            raise RuntimeError("LossAwareCriterion is already active; do not nest the same instance")
+        self.snapshot = self.ir.snapshot(self.snapshot_name)
+        self._batch, self._sum_sq, self._num_batches = {}, None, 0
+        self._active = True
+        if self.snapshot.analyzed:
+            self._register_hooks()
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Close the previous batch, then run the snapshot's model on the inputs and return its output."""
+        if not self._active:
+            raise RuntimeError("call the collector inside its 'with LossAwareCriterion(ir) as collector:' block")
+        self._fold_batch()
+        out = self.snapshot.run(*args, **kwargs)
+        if not self._handles:  # labels exist only after the first (analysing) forward; backward comes later
+            self._register_hooks()
+        return out
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                self._fold_batch()
+                if self._num_batches == 0:
+                    raise RuntimeError(
+                        "LossAwareCriterion saw no backward pass: inside the 'with' block compute a loss "
+                        "from the collector's output and call loss.backward()"
+                    )
+                self.snapshot.scores = (self._sum_sq / self._num_batches).cpu()
+        finally:
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self._batch, self._sum_sq = {}, None
+            self._active = False
+
+    def _register_hooks(self) -> None:
+        model = self.snapshot.model
+        params = dict(model.named_parameters(remove_duplicate=False))
+        sites: dict[int, _Site] = {}
+        for ps in self.snapshot.param_sites:
+            param = params.get(ps.name)
+            if param is None or not param.requires_grad:  # buffers and frozen weights have no gradient
+                continue
+            site = sites.setdefault(id(param), _Site(param))
+            index = torch.as_tensor(ps.label_index, dtype=torch.long, device=param.device)
+            site.slicings.append((ps.dim, index))
+        self._num_labels = self.snapshot.num_labels
+        for site in sites.values():
+            self._handles.append(site.param.register_hook(self._make_hook(site)))
+
+    def _make_hook(self, site: _Site):
+        param = site.param
+
+        def hook(grad: torch.Tensor) -> None:
+            with torch.no_grad():
+                gw = grad * param
+                acc = self._batch.get(gw.device)
+                if acc is None:
+                    acc = self._batch[gw.device] = torch.zeros(self._num_labels, device=gw.device)
+                for dim, index in site.slicings:
+                    other = [d for d in range(gw.dim()) if d != dim]
+                    per_slice = gw.sum(dim=other) if other else gw
+                    acc.index_add_(0, index, per_slice.float())
+
+        return hook
+
+    def _fold_batch(self) -> None:
+        """Add the finished batch's squared per-label sums to the running total."""
+        if not self._batch:
+            return
+        accs = list(self._batch.values())
+        total = accs[0].double()
+        for acc in accs[1:]:
+            total = total + acc.double().to(total.device)
+        self._sum_sq = total.square() if self._sum_sq is None else self._sum_sq + total.square()
+        self._num_batches += 1
+        self._batch = {}

@@ -1,0 +1,112 @@
+"""Ready latency functions for ``KnapsackLabelSelector``: factories returning ``f(model) -> float``.
+
+Each is monotone in the kept channels, which is what the knapsack needs. Models are run under
+``torch.no_grad`` in eval mode and each module's train/eval flag is restored afterwards; nothing is moved
+between devices, so put the model on the device you measure on.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, Union
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["macs", "parameters", "measured_latency"]
+
+Inputs = Union[Sequence[int], torch.Tensor, tuple]
+
+
+def macs(inputs: Inputs, device: str | torch.device | None = None) -> Callable[[nn.Module], float]:
+    """Multiply-accumulates of one forward pass, counted by ``torch.utils.flop_counter`` (MACs = FLOPs / 2).
+
+    ``inputs`` is an input shape such as ``(1, 3, 224, 224)`` (a random tensor is made), a tensor, or a
+    tuple of positional input tensors. ``device``: where to put the inputs; ``None`` means the device of
+    the model's first parameter (CPU for a model without parameters). Only the ops the counter knows
+    (convolutions, matmuls, attention) are counted, which is where channel pruning saves compute.
+    """
+
+    def count(model: nn.Module) -> float:
+        args = _as_args(inputs, _device(model, device))
+        with _inference(model), FlopCounterMode(display=False) as counter:
+            model(*args)
+        return counter.get_total_flops() / 2
+
+    return count
+
+
+def parameters() -> Callable[[nn.Module], float]:
+    """Number of parameter elements of the model (shared parameters counted once)."""
+
+    def count(model: nn.Module) -> float:
+        return float(sum(p.numel() for p in model.parameters()))
+
+    return count
+
+
+def measured_latency(
+    inputs: Inputs,
+    device: str | torch.device | None = None,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> Callable[[nn.Module], float]:
+    """Median wall-clock milliseconds of one forward pass over ``repeats`` runs after ``warmup`` runs.
+
+    ``inputs`` and ``device`` as in :func:`macs`. On CUDA every run is bracketed by
+    ``torch.cuda.synchronize`` so the time covers the kernels, not just their launch. The median resists
+    the outliers of a noisy machine; raise ``repeats`` when differences between candidates are small.
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup!r}, repeats={repeats!r}")
+
+    def measure(model: nn.Module) -> float:
+        target = _device(model, device)
+        args = _as_args(inputs, target)
+        sync = torch.cuda.synchronize if target.type == "cuda" else (lambda: None)
+        times = []
+        with _inference(model):
+            for run in range(warmup + repeats):
+                sync()
+                started = time.perf_counter()
+                model(*args)
+                sync()
+                if run >= warmup:
+                    times.append((time.perf_counter() - started) * 1000.0)
+        return statistics.median(times)
+
+    return measure
+
+
+@contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no_grad for the block, restoring every module's own training flag afterwards."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def _device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _as_args(inputs: Inputs, device: torch.device) -> tuple:
+    if isinstance(inputs, torch.Tensor):
+        return (inputs.to(device),)
+    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(x, torch.Tensor) for x in inputs):
+        return tuple(x.to(device) for x in inputs)
+    if isinstance(inputs, (tuple, list, torch.Size)) and inputs and all(isinstance(x, int) for x in inputs):
+        return (torch.randn(*inputs, device=device),)
+    raise ValueError(
+        f"inputs must be a shape such as (1, 3, 224, 224), a tensor or a tuple of tensors, got {inputs!r}"
+    )
