@@ -1,0 +1,1 @@
+"""Channel propagation: which channels of which tensors must be pruned together."""

@@ -1,0 +1,206 @@
+"""Propagate channel ids through a traced graph, node by node, with the rule registry.
+
+The value of a tensor node is a tuple with one entry per dimension: an array of channel ids (one per
+element along that dimension, ids may repeat, e.g. after a flatten) or None where the dimension
+carries no prunable channels (batch, spatial, tokens...). Tuples/lists of tensors get lists of such
+values; anything else gets None.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from ..rules import base
+from .space import ChannelSpace
+
+
+@dataclass(frozen=True)
+class ParamSite:
+    """A dimension of a parameter or buffer that pruning slices.
+
+    ``label_index[i]`` is the label owning element ``i`` along ``dim``.
+    """
+
+    name: str
+    dim: int
+    label_index: np.ndarray
+
+
+@dataclass
+class Analysis:
+    """The result of propagation: labels, their flags and groups, and what surgery needs.
+
+    ``normalized[i]`` is True when label ``i`` enters statistics over channels (a LayerNorm over the
+    channel dim): pruning it is valid but changes the statistics, so it is not an exact removal even
+    when the channel is dead.
+    """
+
+    label_of_id: np.ndarray
+    num_labels: int
+    prunable: np.ndarray
+    normalized: np.ndarray
+    sites: list[ParamSite]
+    groups: list[np.ndarray]
+    node_ids: dict[str, Any] = field(repr=False)
+    shapes: dict[str, Any] = field(repr=False)
+    rewrites: list[tuple[str, base.Rule]] = field(repr=False)
+    module_rules: dict[str, base.Rule] = field(repr=False)
+
+
+def get_tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """The parameter, buffer or tensor attribute at a qualified name."""
+    owner, _, attr = name.rpartition(".")
+    return getattr(module.get_submodule(owner) if owner else module, attr)
+
+
+class Context:
+    """What rules see while propagating: values of earlier nodes, shapes and the channel space."""
+
+    def __init__(self, graph_module: fx.GraphModule) -> None:
+        self.graph_module = graph_module
+        self.space = ChannelSpace()
+        self.values: dict[fx.Node, Any] = {}
+        self._sites: dict[tuple[str, int], np.ndarray] = {}
+        self._flow: list[np.ndarray] = []
+        self._modules = dict(graph_module.named_modules())
+
+    # --- reading -------------------------------------------------------------------------
+    def value(self, a: Any) -> Any:
+        """The channel value of an argument (None for constants)."""
+        if isinstance(a, fx.Node):
+            return self.values.get(a)
+        if isinstance(a, (tuple, list)):
+            return [self.value(x) for x in a]
+        return None
+
+    @staticmethod
+    def shape(a: Any) -> Any:
+        """The recorded shape of an argument (None for constants)."""
+        if isinstance(a, fx.Node):
+            return a.meta.get("pruning_shape")
+        if isinstance(a, (tuple, list)):
+            return [Context.shape(x) for x in a]
+        return None
+
+    def input_values(self, node: fx.Node) -> list[Any]:
+        return [self.values.get(a) for a in base.flatten_args((node.args, node.kwargs))
+                if isinstance(a, fx.Node)]
+
+    def tensor_inputs(self, node: fx.Node) -> list[tuple[Any, torch.Size]]:
+        """(value, shape) of every tensor argument, in argument order."""
+        out = []
+        for a in base.flatten_args((node.args, node.kwargs)):
+            if isinstance(a, fx.Node) and base.is_size(self.shape(a)):
+                out.append((self.values.get(a) or (None,) * len(self.shape(a)), self.shape(a)))
+        return out
+
+    def module(self, node: fx.Node) -> nn.Module:
+        return self._modules[node.target]
+
+    # --- writing -------------------------------------------------------------------------
+    def param_axis(self, name: str, dim: int) -> np.ndarray:
+        """Channel ids of dimension ``dim`` of parameter/buffer ``name`` (created on first use)."""
+        key = (name, dim)
+        if key not in self._sites:
+            self._sites[key] = self.space.fresh(get_tensor(self.graph_module, name).shape[dim])
+        return self._sites[key]
+
+    def block_value(self, value: Any) -> None:
+        """Block every channel id in a value."""
+        if isinstance(value, np.ndarray):
+            self.space.block(value)
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                self.block_value(v)
+
+    def untracked(self, shape: Any) -> Any:
+        """A value with no channels for the given recorded shape."""
+        if base.is_size(shape):
+            return (None,) * len(shape)
+        if isinstance(shape, list):
+            return [self.untracked(s) for s in shape]
+        return None
+
+    def _record_flow(self, value: Any) -> None:
+        if isinstance(value, np.ndarray):
+            self._flow.append(value)
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                self._record_flow(v)
+
+    # --- driver --------------------------------------------------------------------------
+    def run(self) -> Analysis:
+        rewrites: list[tuple[str, base.Rule]] = []
+        module_rules: dict[str, base.Rule] = {}
+        for node in self.graph_module.graph.nodes:
+            shape = node.meta.get("pruning_shape")
+            if node.op == "placeholder":
+                value = self.untracked(shape)
+            elif node.op == "get_attr":
+                value = self._get_attr(node, shape)
+            elif node.op == "output":
+                for v in self.input_values(node):
+                    self.block_value(v)
+                continue
+            else:
+                module = self.module(node) if node.op == "call_module" else None
+                rule = base.lookup(node, module)
+                value = rule.propagate(self, node)
+                if value is None:
+                    value = self.untracked(shape)
+                self._record_flow(value)
+                if rule.rewrites:
+                    rewrites.append((node.name, rule))
+                if module is not None and type(rule).update_module is not base.Rule.update_module:
+                    module_rules[node.target] = rule
+            self.values[node] = value
+        return self._finish(rewrites, module_rules)
+
+    def _get_attr(self, node: fx.Node, shape: Any) -> Any:
+        if not base.is_size(shape):
+            return None
+        return tuple(self.param_axis(node.target, d) if size > 1 else None for d, size in enumerate(shape))
+
+    def _finish(self, rewrites: list[tuple[str, base.Rule]], module_rules: dict[str, base.Rule]) -> Analysis:
+        label_of_id, count, blocked, normalized = self.space.components()
+        in_flow = np.zeros(count, dtype=bool)
+        if self._flow:
+            in_flow[label_of_id[np.concatenate(self._flow)]] = True
+        # A label that never reaches a tensor flowing through the graph only lives in some parameter
+        # dimension no rule understood: never prune it.
+        prunable = ~blocked & in_flow
+        sites = [ParamSite(name, dim, label_of_id[ids]) for (name, dim), ids in self._sites.items()]
+        groups = _groups(label_of_id, count, prunable, [s.label_index for s in sites] +
+                         [label_of_id[a] for a in self._flow])
+        node_ids = {n.name: self.values.get(n) for n in self.graph_module.graph.nodes}
+        shapes = {n.name: n.meta.get("pruning_shape") for n in self.graph_module.graph.nodes}
+        return Analysis(label_of_id, count, prunable, normalized, sites, groups, node_ids, shapes,
+                        rewrites, module_rules)
+
+
+def _groups(label_of_id: np.ndarray, count: int, prunable: np.ndarray,
+            arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Group labels that appear in exactly the same parameter dimensions and tensor dimensions.
+
+    Keeping at least one label per group therefore keeps every such dimension non-empty. The
+    signature of a label is a sum of random 64-bit keys of the places it appears in.
+    """
+    candidates = np.flatnonzero(prunable)
+    if len(candidates) == 0:
+        return []
+    keys = np.random.default_rng(0).integers(1, 2**62, size=len(arrays), dtype=np.int64).astype(np.uint64)
+    labels = np.concatenate(arrays)
+    places = np.concatenate([np.full(len(a), i, dtype=np.int64) for i, a in enumerate(arrays)])
+    pairs = np.unique(labels * len(arrays) + places)
+    signature = np.zeros(count, dtype=np.uint64)
+    np.add.at(signature, pairs // len(arrays), keys[pairs % len(arrays)])
+    _, inverse = np.unique(signature[candidates], return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+    groups = np.split(candidates[order], bounds)
+    groups.sort(key=lambda g: int(g[0]))
+    return groups

@@ -1,0 +1,74 @@
+"""Channel ids and the equivalences between them.
+
+Every prunable dimension met during propagation (an output channel of a convolution, a feature of a
+linear layer, a dimension of a bare parameter) gets fresh integer ids, one per element. Rules record
+that two ids must be pruned together (``merge``) or must never be pruned (``block``). At the end the
+connected components of the merge graph are the *labels*; a label containing a blocked id is
+unprunable. Everything is kept as flat numpy arrays so that a whole channel axis is one call.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+
+class ChannelSpace:
+    """Allocates channel ids and records merges and blocks between them."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._merge_a: list[np.ndarray] = []
+        self._merge_b: list[np.ndarray] = []
+        self._blocked: list[np.ndarray] = []
+        self._normalized: list[np.ndarray] = []
+
+    def fresh(self, count: int) -> np.ndarray:
+        """Return ``count`` new ids."""
+        ids = np.arange(self.size, self.size + count, dtype=np.int64)
+        self.size += count
+        return ids
+
+    def merge(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Require ``a[i]`` and ``b[i]`` to be pruned together (``b`` may broadcast)."""
+        a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        self._merge_a.append(a.ravel())
+        self._merge_b.append(b.ravel())
+
+    def block(self, ids: np.ndarray) -> None:
+        """Forbid pruning of the labels that contain any of ``ids``."""
+        self._blocked.append(np.asarray(ids, dtype=np.int64).ravel())
+
+    def normalized(self, ids: np.ndarray) -> None:
+        """Note that ``ids`` enter statistics over channels (LayerNorm): removing them is not exact."""
+        self._normalized.append(np.asarray(ids, dtype=np.int64).ravel())
+
+    def components(self) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        """Return (label of each id, number of labels, blocked flag, normalized flag per label).
+
+        Labels are numbered in order of their smallest id, so numbering is deterministic.
+        """
+        n = self.size
+        if self._merge_a:
+            a = np.concatenate(self._merge_a)
+            b = np.concatenate(self._merge_b)
+        else:
+            a = b = np.zeros(0, dtype=np.int64)
+        graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+        count, comp = connected_components(graph, directed=False)
+        # Renumber components by their first (smallest) id for a stable, readable order.
+        first = np.full(count, n, dtype=np.int64)
+        np.minimum.at(first, comp, np.arange(n))
+        order = np.argsort(first, kind="stable")
+        rank = np.empty(count, dtype=np.int64)
+        rank[order] = np.arange(count)
+        label = rank[comp]
+        return label, count, self._flags(label, count, self._blocked), self._flags(
+            label, count, self._normalized)
+
+    @staticmethod
+    def _flags(label: np.ndarray, count: int, marked: list[np.ndarray]) -> np.ndarray:
+        flags = np.zeros(count, dtype=bool)
+        if marked:
+            flags[label[np.concatenate(marked)]] = True
+        return flags

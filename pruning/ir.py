@@ -1,0 +1,215 @@
+"""``PruningIR``: a traced model, its channel labels, and physical pruning."""
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from .channels.propagation import Analysis, Context, ParamSite
+from .labels import Label, check_selection
+from .surgery import prune_graph_module
+from .tracing import record_shapes, trace_model
+
+__all__ = ["PruningIR", "Snapshot", "Label", "ParamSite"]
+
+
+class Snapshot:
+    """One traced model of an IR with its channel analysis and calibration scores.
+
+    The analysis needs tensor shapes, so it runs on the first forward pass (``run``/``analyze``)
+    or at IR construction when ``example_input`` is given. The example is kept so that a pruned IR
+    can analyse its own model without asking again.
+    """
+
+    def __init__(self, ir_uid: str, name: str, model: fx.GraphModule,
+                 example: tuple[tuple, dict] | None = None) -> None:
+        self.ir_uid = ir_uid
+        self.name = name
+        self.model = model
+        self.scores: torch.Tensor | None = None
+        self._example = example
+        self._analysis: Analysis | None = None
+
+    # --- analysis --------------------------------------------------------------------------
+    @property
+    def analyzed(self) -> bool:
+        return self._analysis is not None
+
+    def analyze(self, *args: Any, **kwargs: Any) -> None:
+        """Record shapes with one forward pass on these inputs and build the labels (once)."""
+        if self._analysis is not None:
+            return
+        if not args and not kwargs:
+            if self._example is None:
+                raise RuntimeError(
+                    f"snapshot {self.name!r} has not seen an input yet: pass example_input= to "
+                    "PruningIR, call ir.snapshot().analyze(*inputs), or calibrate with "
+                    "LossAwareCriterion first")
+            args, kwargs = self._example
+        try:
+            record_shapes(self.model, args, kwargs)
+        except Exception as error:
+            shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args]
+            raise ValueError(
+                f"the model cannot run on the example input (positional shapes {shapes}): "
+                f"{type(error).__name__}: {error}; pass inputs the model accepts") from error
+        self._example = (_detach(args), _detach(kwargs))
+        analysis = Context(self.model).run()
+        if not analysis.prunable.any():
+            raise ValueError(
+                f"{type(self.model).__name__} has no prunable channel: every channel reaches a model "
+                "input or output or an op the IR does not understand (see pruning.rules to add one)")
+        self._analysis = analysis
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Forward through the snapshot's model, analysing on the first call."""
+        self.analyze(*args, **kwargs)
+        return self.model(*args, **kwargs)
+
+    @property
+    def analysis(self) -> Analysis:
+        if self._analysis is None:
+            self.analyze()
+        return self._analysis
+
+    # --- labels ----------------------------------------------------------------------------
+    @property
+    def num_labels(self) -> int:
+        return self.analysis.num_labels
+
+    def label(self, index: int) -> Label:
+        return Label(self.ir_uid, self.name, int(index))
+
+    @property
+    def labels(self) -> list[Label]:
+        """Prunable labels, ascending index."""
+        return [self.label(i) for i in np.flatnonzero(self.analysis.prunable)]
+
+    @property
+    def groups(self) -> list[list[Label]]:
+        """Prunable labels grouped by the tensor and parameter dims they appear in.
+
+        Every group must keep at least one label: emptying one would make a dim zero-sized.
+        """
+        return [[self.label(i) for i in group] for group in self.analysis.groups]
+
+    @property
+    def param_sites(self) -> list[ParamSite]:
+        return self.analysis.sites
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detach(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    return value
+
+
+def _fingerprint(model: fx.GraphModule) -> str:
+    """A deterministic id: the graph's code and every tensor's name, shape and first values.
+
+    Two IRs of the same model get the same id (their labels mean the same channels); a pruned
+    model gets another. Deterministic ids keep saved IRs byte-identical across runs.
+    """
+    digest = hashlib.sha1(model.code.encode())
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().reshape(-1)[:8].to("cpu", torch.float64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class PruningIR:
+    """Intermediate representation of a model for structured (channel) pruning.
+
+    Args:
+        model: the model to prune. It is traced with ``torch.fx``; its submodules are shared with
+            the IR's ``'main'`` snapshot, so the model is only modified by ``prune(inplace=True)``.
+        leaf_modules: module types or instances kept atomic in the graph. A leaf without a rule in
+            :mod:`pruning.rules` is opaque: its inputs and outputs are unprunable.
+        soft_tracing: if True, submodules that cannot be traced become leaves (with a warning);
+            if False, tracing fails with a ``TracingError`` naming the submodule and the reason.
+        example_input: optional tensor or tuple of positional inputs. The channel analysis needs
+            one forward pass; with an example it runs now, without one on the first forward pass
+            through the criterion (or ``ir.snapshot().analyze(*inputs)``). This argument is our
+            addition to the seed API; ``PruningIR(model)`` works as documented there.
+
+    The pruned model (``ir.prune(...).model``) is a ``torch.fx.GraphModule``: its submodules keep
+    their names and classes, parameters are physically smaller, and Python branches on
+    ``self.training`` in the model's own forward are fixed as they were at tracing time.
+
+    Serialise only with dill: ``torch.save(ir, path, pickle_module=dill)`` and
+    ``torch.load(path, pickle_module=dill, weights_only=False)``. Like every pickle, loading runs
+    code: load IR files only from sources you trust (your own pipeline's outputs).
+    """
+
+    def __init__(self, model: nn.Module, *, leaf_modules: Iterable[type | nn.Module] | None = None,
+                 soft_tracing: bool = True, example_input: Any = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"PruningIR needs a torch.nn.Module, got {type(model).__name__}: "
+                            "pass the model object itself")
+        self.leaf_modules = list(leaf_modules or [])
+        self.soft_tracing = soft_tracing
+        graph_module = model if getattr(model, "_pruning_traced", False) else trace_model(
+            model, self.leaf_modules, soft_tracing)
+        graph_module._pruning_traced = True
+        self.uid = _fingerprint(graph_module)
+        self._snapshots = {"main": Snapshot(self.uid, "main", graph_module)}
+        if example_input is not None:
+            args = example_input if isinstance(example_input, tuple) else (example_input,)
+            self._snapshots["main"].analyze(*args)
+
+    @property
+    def model(self) -> fx.GraphModule:
+        """The ``'main'`` snapshot's model."""
+        return self._snapshots["main"].model
+
+    @property
+    def snapshot_names(self) -> list[str]:
+        return list(self._snapshots)
+
+    def snapshot(self, name: str = "main") -> Snapshot:
+        if name not in self._snapshots:
+            raise KeyError(f"no snapshot {name!r}; this IR has {self.snapshot_names}")
+        return self._snapshots[name]
+
+    def prune(self, name: str = "main", *, labels: Sequence[Label], inplace: bool = False,
+              skip_label_checking: bool = False) -> "PruningIR":
+        """Remove the channels of ``labels`` from snapshot ``name``'s model.
+
+        Returns a new IR whose ``'main'`` snapshot is the pruned model (the labels of this IR do not
+        apply to it). ``inplace=True`` slices the parameters of this IR's model (and so of the
+        user's model it shares modules with) instead of copying it. With no labels and
+        ``inplace=False`` the result is a copy. ``skip_label_checking=True`` skips the checks of
+        :func:`pruning.labels.check_selection` (foreign, duplicate, unprunable labels, emptied
+        groups): use it only for selections known to be valid.
+        """
+        snapshot = self.snapshot(name)
+        labels = list(labels)
+        if skip_label_checking:
+            indices = np.asarray([label.index for label in labels], dtype=np.int64)
+        else:
+            indices = check_selection(snapshot, labels)
+        if len(indices) == 0 and not inplace:
+            return copy.deepcopy(self)
+        keep = np.ones(snapshot.num_labels, dtype=bool)
+        keep[indices] = False
+        pruned = prune_graph_module(snapshot.model, snapshot.analysis, keep, inplace)
+        result = PruningIR.__new__(PruningIR)
+        result.leaf_modules = self.leaf_modules
+        result.soft_tracing = self.soft_tracing
+        result.uid = _fingerprint(pruned)
+        result._snapshots = {"main": Snapshot(result.uid, "main", pruned, snapshot._example)}
+        return result
+
+    def __repr__(self) -> str:
+        main = self._snapshots["main"]
+        detail = (f"{len(main.labels)} prunable labels in {len(main.analysis.groups)} groups"
+                  if main.analyzed else "not analysed yet")
+        return f"PruningIR({type(main.model).__name__}, {detail})"

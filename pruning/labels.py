@@ -1,0 +1,58 @@
+"""Labels: the unit of pruning, and the checks a selection of labels must pass."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .ir import Snapshot
+
+
+@dataclass(frozen=True, order=True)
+class Label:
+    """One prunable unit: a set of channels (in every tensor and parameter they reach) that must be
+    removed together. ``index`` numbers the labels of one snapshot of one IR."""
+
+    ir_uid: str
+    snapshot: str
+    index: int
+
+    def __repr__(self) -> str:
+        return f"Label({self.index}, snapshot={self.snapshot!r}, ir={self.ir_uid[:8]})"
+
+
+def check_selection(snapshot: "Snapshot", labels: Iterable[object]) -> np.ndarray:
+    """Validate labels to prune from ``snapshot``; return their indices.
+
+    Raises ``TypeError`` for non-labels and ``ValueError`` for labels of another IR or snapshot,
+    duplicates, unprunable labels, and selections that would empty a group.
+    """
+    indices = []
+    seen: set[int] = set()
+    for label in labels:
+        if not isinstance(label, Label):
+            raise TypeError(f"labels must be pruning.Label objects from this IR, got {label!r}")
+        if label.ir_uid != snapshot.ir_uid:
+            raise ValueError(f"{label!r} belongs to another PruningIR (uid {label.ir_uid[:8]}, this one "
+                             f"is {snapshot.ir_uid[:8]}); select labels from the IR you prune")
+        if label.snapshot != snapshot.name:
+            raise ValueError(f"{label!r} belongs to snapshot {label.snapshot!r}, not {snapshot.name!r}; "
+                             f"pass name={label.snapshot!r} or select labels of this snapshot")
+        if not 0 <= label.index < snapshot.num_labels:
+            raise ValueError(f"{label!r} is out of range: this snapshot has {snapshot.num_labels} labels")
+        if label.index in seen:
+            raise ValueError(f"{label!r} is selected twice; pass each label once")
+        if not snapshot.analysis.prunable[label.index]:
+            raise ValueError(f"{label!r} is unprunable (its channels reach a model input or output, or "
+                             "an op the IR does not understand); select from snapshot.labels only")
+        seen.add(label.index)
+        indices.append(label.index)
+    chosen = np.zeros(snapshot.num_labels, dtype=bool)
+    chosen[indices] = True
+    for number, group in enumerate(snapshot.analysis.groups):
+        if chosen[group].all():
+            raise ValueError(f"the selection removes all {len(group)} labels of group {number} "
+                             f"(labels {group[:5].tolist()}...); keep at least one label of every group")
+    return np.asarray(indices, dtype=np.int64)

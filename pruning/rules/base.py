@@ -1,0 +1,121 @@
+"""The rule registry: one small rule per op kind.
+
+A rule says how the channels of an op's inputs reach its output (``propagate``), and how the op is
+kept valid once channels are removed: literal sizes in its arguments (``rewrite``) and attributes of
+its module (``update_module``). Parameter slicing itself is generic: a rule only declares which
+parameter dimensions carry which channels (``ctx.param_axis``).
+
+Contract of ``propagate``: every channel id that reaches the op must be accounted for: passed on to
+the output, merged with other ids, or blocked. Ids that silently vanish could be pruned wrongly, so the
+fallback for anything unknown is :class:`Conservative`: block every input channel.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import torch
+from torch import fx, nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..channels.propagation import Context
+    from ..surgery import Rewriter
+
+
+class Rule:
+    """Base class: how channels pass through one kind of op, and how the op is sliced."""
+
+    #: True if ``rewrite`` must run on this node after pruning (it holds literal sizes).
+    rewrites = False
+
+    def propagate(self, ctx: "Context", node: fx.Node) -> Any:
+        raise NotImplementedError
+
+    def rewrite(self, rw: "Rewriter", node: fx.Node) -> None:
+        """Update literal sizes in ``node.args``/``node.kwargs`` to the pruned shapes."""
+
+    def update_module(self, module: nn.Module) -> None:
+        """Update module attributes (``out_channels``...) after its parameters were sliced."""
+
+
+class Conservative(Rule):
+    """Unknown op: none of its input channels may be pruned, its outputs carry no channels."""
+
+    def propagate(self, ctx: "Context", node: fx.Node) -> Any:
+        for value in ctx.input_values(node):
+            ctx.block_value(value)
+        return None
+
+
+CONSERVATIVE = Conservative()
+MODULE_RULES: dict[type, Rule] = {}
+FUNCTION_RULES: dict[Callable, Rule] = {}
+METHOD_RULES: dict[str, Rule] = {}
+
+
+def register(*keys: type | Callable | str) -> Callable[[type[Rule]], type[Rule]]:
+    """Class decorator: register one instance of the rule under each key.
+
+    A key is a module type (for ``call_module``), a method name (``call_method``) or a function
+    (``call_function``). Registering a key again replaces its rule, so users can override ours.
+    """
+
+    def decorate(cls: type[Rule]) -> type[Rule]:
+        rule = cls()
+        for key in keys:
+            register_rule(key, rule)
+        return cls
+
+    return decorate
+
+
+def register_rule(key: type | Callable | str, rule: Rule) -> None:
+    """Register ``rule`` for a module type, a method name or a function."""
+    if isinstance(key, str):
+        METHOD_RULES[key] = rule
+    elif isinstance(key, type) and issubclass(key, nn.Module):
+        MODULE_RULES[key] = rule
+    elif callable(key):
+        FUNCTION_RULES[key] = rule
+    else:
+        raise TypeError(f"cannot register a rule for {key!r}: expected a module type, name or function")
+
+
+def lookup(node: fx.Node, module: nn.Module | None) -> Rule:
+    """The rule for a graph node (exact module type: a subclass may have another forward)."""
+    if node.op == "call_module":
+        return MODULE_RULES.get(type(module), CONSERVATIVE)
+    if node.op == "call_function":
+        return FUNCTION_RULES.get(node.target, CONSERVATIVE)
+    if node.op == "call_method":
+        return METHOD_RULES.get(node.target, CONSERVATIVE)
+    raise ValueError(f"no rules for node kind {node.op}")
+
+
+def normalize_dim(dim: int, ndim: int) -> int:
+    """A non-negative dimension index."""
+    return dim + ndim if dim < 0 else dim
+
+
+def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+    """Positional-or-keyword argument of a call node."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def flatten_args(values: Iterable[Any]) -> list[Any]:
+    """All leaves of nested tuples/lists/dicts of arguments."""
+    out: list[Any] = []
+    for v in values:
+        if isinstance(v, (tuple, list)):
+            out.extend(flatten_args(v))
+        elif isinstance(v, dict):
+            out.extend(flatten_args(v.values()))
+        else:
+            out.append(v)
+    return out
+
+
+def is_size(shape: Any) -> bool:
+    """True if a recorded shape is a tensor's shape."""
+    return isinstance(shape, torch.Size)

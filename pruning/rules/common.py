@@ -1,0 +1,133 @@
+"""Building blocks shared by rules: broadcasting, spatial ops, reshapes, grouped channels."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from torch import fx
+
+from .base import is_size
+
+
+def broadcast(ctx, out_shape: Sequence[int], inputs: list[tuple[Any, Sequence[int]]]) -> tuple:
+    """Elementwise op with numpy broadcasting: aligned channel dims must be pruned together.
+
+    A dimension where some input is tracked and another (full-size) input is not cannot be pruned:
+    the untracked tensor could not follow. A tracked size-1 dimension that broadcasts is blocked.
+    """
+    nd = len(out_shape)
+    out: list[Any] = [None] * nd
+    for d in range(nd):
+        carriers, untracked = [], False
+        for value, shape in inputs:
+            k = d - (nd - len(shape))
+            if k < 0:
+                continue
+            ids = value[k]
+            if shape[k] != out_shape[d]:  # broadcast size-1 dim
+                if ids is not None:
+                    ctx.space.block(ids)
+                continue
+            if ids is None:
+                untracked = True
+            else:
+                carriers.append(ids)
+        if not carriers:
+            continue
+        if untracked:
+            for ids in carriers:
+                ctx.space.block(ids)
+            continue
+        for ids in carriers[1:]:
+            ctx.space.merge(carriers[0], ids)
+        out[d] = carriers[0]
+    return tuple(out)
+
+
+def spatial(ctx, value: tuple, in_shape: Sequence[int], out_shape: Any, trailing: int) -> Any:
+    """An op that works on the last ``trailing`` dims (pooling, resize, pad) and keeps the others."""
+    nd = len(in_shape)
+    kept = []
+    for d, ids in enumerate(value):
+        if ids is not None and (d >= nd - trailing or not is_size(out_shape) or len(out_shape) != nd
+                                or out_shape[d] != in_shape[d]):
+            ctx.space.block(ids)
+            ids = None
+        kept.append(ids)
+    result = tuple(kept) if is_size(out_shape) and len(out_shape) == nd else ctx.untracked(out_shape)
+    if isinstance(out_shape, list):  # (values, indices)
+        return [tuple(kept)] * len(out_shape)
+    return result
+
+
+def group_dims(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple[list[int], list[int]]] | None:
+    """Pair up minimal runs of input and output dims with equal products (a reshape's structure)."""
+    groups, i, j = [], 0, 0
+    while i < len(in_shape) or j < len(out_shape):
+        gi, gj, pi, pj = [], [], 1, 1
+        if i < len(in_shape):
+            gi.append(i); pi *= in_shape[i]; i += 1
+        if j < len(out_shape):
+            gj.append(j); pj *= out_shape[j]; j += 1
+        while pi != pj:
+            if pi < pj and i < len(in_shape):
+                gi.append(i); pi *= in_shape[i]; i += 1
+            elif pj < pi and j < len(out_shape):
+                gj.append(j); pj *= out_shape[j]; j += 1
+            else:
+                return None
+        groups.append((gi, gj))
+    return groups
+
+
+def reshape(ctx, value: tuple, in_shape: Sequence[int], out_shape: Sequence[int]) -> tuple:
+    """Channels through a reshape (view, flatten, unflatten, squeeze...).
+
+    Within each run of merged/split dims holding one tracked dim, the element ids are laid out on the
+    output dims. One output dim carries them: one along which they vary while constant along the rest
+    of the run if there is one (a flatten, or undoing one), otherwise the largest dim, after merging
+    ids across the others (a channel split into heads or shuffle groups is then pruned uniformly, so
+    the literal sizes stay consistent). Two tracked dims in one run cannot be represented: blocked.
+    """
+    out: list[Any] = [None] * len(out_shape)
+    groups = group_dims(in_shape, out_shape)
+    if groups is None or 0 in in_shape:
+        ctx.block_value(value)
+        return tuple(out)
+    for gi, gj in groups:
+        tracked = [d for d in gi if value[d] is not None]
+        if not tracked:
+            continue
+        if len(tracked) > 1 or not gj:
+            for d in tracked:
+                ctx.space.block(value[d])
+            continue
+        if len(gi) == 1 and len(gj) == 1:
+            out[gj[0]] = value[gi[0]]
+            continue
+        t = tracked[0]
+        in_sizes = [in_shape[d] for d in gi]
+        view = [1] * len(gi)
+        view[gi.index(t)] = in_shape[t]
+        grid = np.broadcast_to(value[t].reshape(view), in_sizes).reshape([out_shape[d] for d in gj])
+        carrier = None
+        for k in sorted(range(len(gj)), key=lambda k: -out_shape[gj[k]]):
+            if out_shape[gj[k]] > 1 and np.all(grid == _first_along_others(grid, k)):
+                carrier = k
+                break
+        if carrier is None:
+            carrier = max(range(len(gj)), key=lambda k: out_shape[gj[k]])
+            ctx.space.merge(grid, _first_along_others(grid, carrier))
+        out[gj[carrier]] = np.ascontiguousarray(_first_along_others(grid, carrier)).ravel()
+    return tuple(out)
+
+
+def _first_along_others(grid: np.ndarray, keep: int) -> np.ndarray:
+    """``grid`` reduced to index 0 along every axis but ``keep`` (kept as size-1 axes)."""
+    index = tuple(slice(None) if a == keep else slice(0, 1) for a in range(grid.ndim))
+    return grid[index]
+
+
+def merge_in_groups(ctx, ids: np.ndarray, groups: int, rep: np.ndarray) -> None:
+    """Merge every element of ``ids`` (split into ``groups`` equal runs) with its run's ``rep``."""
+    ctx.space.merge(ids, np.repeat(rep, len(ids) // groups))

@@ -1,0 +1,271 @@
+"""Rules for leaf modules (``call_module`` nodes), keyed by exact module type."""
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from .base import Rule, register
+from .common import merge_in_groups, reshape, spatial
+from .tensor_ops import _contract, conv_channels
+
+
+def _input(ctx, node):
+    x = node.args[0]
+    return ctx.value(x), ctx.shape(x)
+
+
+@register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+class ConvModule(Rule):
+    """Convolution: output channels are the weight's rows; see ``conv_channels`` for groups."""
+
+    def propagate(self, ctx, node):
+        m = ctx.module(node)
+        value, shape = _input(ctx, node)
+        name = node.target
+        out_ids = ctx.param_axis(f"{name}.weight", 0)
+        in_ids = value[1] if len(shape) == m.weight.dim() else value[0]  # batched or not
+        weight_in = ctx.param_axis(f"{name}.weight", 1) if m.groups == 1 else None
+        conv_channels(ctx, in_ids, out_ids, weight_in, m.groups)
+        if m.bias is not None:
+            ctx.space.merge(out_ids, ctx.param_axis(f"{name}.bias", 0))
+        channel_dim = len(shape) - m.weight.dim() + 1
+        return (None,) * channel_dim + (out_ids,) + (None,) * (len(shape) - channel_dim - 1)
+
+    def update_module(self, m):
+        if m.groups > 1:
+            m.groups = m.weight.shape[0] // (m.out_channels // m.groups)
+        m.out_channels = m.weight.shape[0]
+        m.in_channels = m.weight.shape[1] * m.groups
+
+
+@register(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+class ConvTransposeModule(Rule):
+    """Transposed convolution (``groups == 1``): the weight is (in, out, k...)."""
+
+    def propagate(self, ctx, node):
+        m = ctx.module(node)
+        value, shape = _input(ctx, node)
+        channel_dim = len(shape) - m.weight.dim() + 1
+        if m.groups != 1:
+            ctx.block_value(value)
+            return None
+        _contract(ctx, value[channel_dim], ctx.param_axis(f"{node.target}.weight", 0))
+        out_ids = ctx.param_axis(f"{node.target}.weight", 1)
+        if m.bias is not None:
+            ctx.space.merge(out_ids, ctx.param_axis(f"{node.target}.bias", 0))
+        return (None,) * channel_dim + (out_ids,) + (None,) * (len(shape) - channel_dim - 1)
+
+    def update_module(self, m):
+        m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1]
+
+
+@register(nn.Linear)
+class LinearModule(Rule):
+    """Linear layer on the last dim."""
+
+    def propagate(self, ctx, node):
+        value, _ = _input(ctx, node)
+        _contract(ctx, value[-1], ctx.param_axis(f"{node.target}.weight", 1))
+        out_ids = ctx.param_axis(f"{node.target}.weight", 0)
+        if ctx.module(node).bias is not None:
+            ctx.space.merge(out_ids, ctx.param_axis(f"{node.target}.bias", 0))
+        return value[:-1] + (out_ids,)
+
+    def update_module(self, m):
+        m.out_features, m.in_features = m.weight.shape
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+          nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+@register(*_NORMS)
+class BatchNormModule(Rule):
+    """Per-channel normalisation: weight, bias and running statistics follow the channel dim."""
+
+    def propagate(self, ctx, node):
+        m = ctx.module(node)
+        value, shape = _input(ctx, node)
+        dim = 1 if len(shape) > 1 and not (isinstance(m, nn.InstanceNorm1d) and len(shape) == 2) else 0
+        if isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)):
+            unbatched = {nn.InstanceNorm1d: 2, nn.InstanceNorm2d: 3, nn.InstanceNorm3d: 4}[type(m)]
+            dim = 0 if len(shape) == unbatched else 1
+        ids = value[dim]
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            if getattr(m, name, None) is not None:
+                _contract(ctx, ids, ctx.param_axis(f"{node.target}.{name}", 0))
+        return value
+
+    def update_module(self, m):
+        for name in ("weight", "running_mean"):
+            if getattr(m, name, None) is not None:
+                m.num_features = getattr(m, name).shape[0]
+
+
+@register(nn.LayerNorm)
+class LayerNormModule(Rule):
+    """LayerNorm over trailing dims; without affine weights those dims cannot be resized."""
+
+    def propagate(self, ctx, node):
+        m = ctx.module(node)
+        value, _ = _input(ctx, node)
+        k = len(m.normalized_shape)
+        for j, ids in enumerate(value[-k:]):
+            if ids is not None:
+                ctx.space.normalized(ids)
+            if m.weight is None:
+                if ids is not None:
+                    ctx.space.block(ids)
+                continue
+            _contract(ctx, ids, ctx.param_axis(f"{node.target}.weight", j))
+            if m.bias is not None:
+                ctx.space.merge(ctx.param_axis(f"{node.target}.weight", j),
+                                ctx.param_axis(f"{node.target}.bias", j))
+        return value
+
+    def update_module(self, m):
+        m.normalized_shape = tuple(m.weight.shape)
+
+
+@register(nn.GroupNorm)
+class GroupNormModule(Rule):
+    """GroupNorm: pruned by whole groups, so ``num_groups`` shrinks and stays valid."""
+
+    def propagate(self, ctx, node):
+        m = ctx.module(node)
+        value, _ = _input(ctx, node)
+        ids = value[1]
+        if ids is None:
+            return value
+        merge_in_groups(ctx, ids, m.num_groups, ids[:: len(ids) // m.num_groups])
+        if m.affine:
+            for name in ("weight", "bias"):
+                ctx.space.merge(ids, ctx.param_axis(f"{node.target}.{name}", 0))
+        return value
+
+    def update_module(self, m):
+        if m.affine:
+            per_group = m.num_channels // m.num_groups
+            m.num_channels = m.weight.shape[0]
+            m.num_groups = m.num_channels // per_group
+
+
+_ELEMENTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
+    nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.LogSigmoid,
+    nn.Softsign, nn.Tanhshrink, nn.Threshold, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+    nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity,
+)
+try:
+    from torchvision.ops import StochasticDepth
+
+    _ELEMENTWISE_MODULES += (StochasticDepth,)
+except ImportError:  # pragma: no cover
+    pass
+
+
+@register(*_ELEMENTWISE_MODULES)
+class ElementwiseModule(Rule):
+    """Activation, dropout, identity: channels pass through unchanged."""
+
+    def propagate(self, ctx, node):
+        return ctx.value(node.args[0]) if node.args else None
+
+
+@register(nn.PReLU)
+class PReLUModule(Rule):
+    """PReLU: a per-channel slope follows the channel dim (a single shared slope needs nothing)."""
+
+    def propagate(self, ctx, node):
+        m = ctx.module(node)
+        value, shape = _input(ctx, node)
+        if m.num_parameters > 1:
+            dim = 1 if len(shape) > 1 else 0
+            _contract(ctx, value[dim], ctx.param_axis(f"{node.target}.weight", 0))
+        return value
+
+    def update_module(self, m):
+        m.num_parameters = m.weight.shape[0]
+
+
+@register(nn.Softmax, nn.LogSoftmax, nn.Softmin)
+class SoftmaxModule(Rule):
+    """Softmax mixes values along its dim: channels there are blocked."""
+
+    def propagate(self, ctx, node):
+        m = ctx.module(node)
+        value, shape = _input(ctx, node)
+        if m.dim is None:
+            ctx.block_value(value)
+            return None
+        dim = m.dim % len(shape)
+        if value[dim] is not None:
+            ctx.space.block(value[dim])
+        return value[:dim] + (None,) + value[dim + 1:]
+
+
+_SPATIAL_MODULES = {
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2,
+    nn.AvgPool3d: 3, nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3, nn.LPPool1d: 1,
+    nn.LPPool2d: 2, nn.ZeroPad1d: 1, nn.ZeroPad2d: 2, nn.ZeroPad3d: 3, nn.ConstantPad1d: 1,
+    nn.ConstantPad2d: 2, nn.ConstantPad3d: 3, nn.ReflectionPad1d: 1, nn.ReflectionPad2d: 2,
+    nn.ReflectionPad3d: 3, nn.ReplicationPad1d: 1, nn.ReplicationPad2d: 2, nn.ReplicationPad3d: 3,
+    nn.CircularPad1d: 1, nn.CircularPad2d: 2, nn.CircularPad3d: 3,
+}
+
+
+@register(*_SPATIAL_MODULES, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
+class SpatialModule(Rule):
+    """Pooling, padding and upsampling act on trailing spatial dims only."""
+
+    def propagate(self, ctx, node):
+        value, shape = _input(ctx, node)
+        trailing = _SPATIAL_MODULES.get(type(ctx.module(node)), len(shape) - 2)
+        return spatial(ctx, value, shape, ctx.shape(node), trailing)
+
+
+@register(nn.Flatten, nn.Unflatten)
+class ReshapeModule(Rule):
+    """Flatten/Unflatten modules; Unflatten's literal sizes are rewritten after pruning."""
+
+    rewrites = True
+
+    def propagate(self, ctx, node):
+        value, shape = _input(ctx, node)
+        return reshape(ctx, value, shape, ctx.shape(node))
+
+    def rewrite(self, rw, node):
+        m = rw.module(node)
+        if isinstance(m, nn.Unflatten):
+            new = rw.new_shape(node)
+            dim = m.dim % len(new) if m.dim >= 0 else m.dim + len(new)
+            m.unflattened_size = tuple(new[dim:dim + len(m.unflattened_size)])
+
+
+@register(nn.ChannelShuffle)
+class ChannelShuffleModule(Rule):
+    """Channel shuffle: (g, C/g) transposed; channel j of every group is pruned together."""
+
+    def propagate(self, ctx, node):
+        m = ctx.module(node)
+        value, _ = _input(ctx, node)
+        ids = value[1]
+        if ids is None:
+            return value
+        grid = ids.reshape(m.groups, -1)
+        ctx.space.merge(grid, grid[:1])
+        return value[:1] + (np.ascontiguousarray(grid.T).ravel(),) + value[2:]
+
+
+@register(nn.Embedding)
+class EmbeddingModule(Rule):
+    """Embedding: output features are the table's columns; indices carry no channels."""
+
+    def propagate(self, ctx, node):
+        value, _ = _input(ctx, node)
+        ctx.block_value(value)
+        return tuple(value) + (ctx.param_axis(f"{node.target}.weight", 1),)
+
+    def update_module(self, m):
+        m.embedding_dim = m.weight.shape[1]

@@ -1,0 +1,661 @@
+"""Rules for functions and tensor methods (``call_function`` / ``call_method`` nodes)."""
+from __future__ import annotations
+
+import builtins
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from .base import Rule, arg, flatten_args, is_size, normalize_dim, register
+from .common import broadcast, merge_in_groups, reshape, spatial
+
+# --------------------------------------------------------------------------------------------
+# Elementwise
+
+
+_ELEMENTWISE_FUNCTIONS = [
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.pow,
+    operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.mod,
+    torch.add, torch.sub, torch.mul, torch.div, torch.where, torch.maximum, torch.minimum,
+    torch.masked_fill, torch.pow, torch.true_divide, torch.subtract, torch.multiply,
+]
+_ELEMENTWISE_METHODS = [
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "masked_fill", "masked_fill_",
+    "pow", "maximum", "minimum", "where", "__add__", "__mul__", "__sub__", "__truediv__",
+]
+
+
+@register(*_ELEMENTWISE_FUNCTIONS, *_ELEMENTWISE_METHODS)
+class Elementwise(Rule):
+    """Broadcasting elementwise op: aligned channel dims of all tensor inputs are pruned together."""
+
+    def propagate(self, ctx, node):
+        out_shape = ctx.shape(node)
+        if not is_size(out_shape):
+            return None
+        return broadcast(ctx, out_shape, ctx.tensor_inputs(node))
+
+
+_UNARY_FUNCTIONS = [
+    operator.neg, abs, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.log,
+    torch.abs, torch.neg, torch.sqrt, torch.rsqrt, torch.clamp, torch.clip, torch.erf, torch.sin,
+    torch.cos, torch.square, torch.reciprocal, torch.sign, torch.zeros_like, torch.ones_like,
+    torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like, torch.detach,
+    torch.nan_to_num,
+    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.elu, F.selu,
+    F.celu, F.leaky_relu, F.mish, F.softplus, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d,
+    F.dropout3d, F.alpha_dropout, F.relu_, F.logsigmoid, F.softsign,
+    F.tanhshrink, F.threshold,
+]
+_UNARY_METHODS = [
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "exp_", "log", "abs", "neg",
+    "sqrt", "rsqrt", "clamp", "clamp_", "clamp_min", "clamp_max", "clip", "erf", "sin", "cos",
+    "square", "reciprocal", "sign", "type_as", "float", "half", "double", "bfloat16", "to", "type",
+    "contiguous", "clone", "detach", "cpu", "cuda", "requires_grad_", "zero_", "fill_", "softplus",
+    "nan_to_num", "hardswish", "gelu", "silu",
+]
+
+
+@register(*_UNARY_FUNCTIONS, *_UNARY_METHODS)
+class Unary(Rule):
+    """The output has the first input's shape and channels; other arguments set dtype, bounds..."""
+
+    def propagate(self, ctx, node):
+        return ctx.value(node.args[0]) if node.args else None
+
+
+@register("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "size", "dim", "numel",
+          "nelement", "element_size", builtins.getattr, torch.zeros, torch.ones, torch.empty,
+          torch.full, torch.arange, torch.randn, torch.rand, torch.tensor, torch.as_tensor)
+class Independent(Rule):
+    """The output's shape does not follow the channels of any tensor input (sizes, new tensors)."""
+
+    def propagate(self, ctx, node):
+        if node.target is builtins.getattr and node.args[1] not in ("shape", "dtype", "device", "ndim",
+                                                                     "is_cuda", "requires_grad"):
+            ctx.block_value(ctx.value(node.args[0]))
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes: reshape, permute, expand, cat, split, getitem
+
+
+@register("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", torch.reshape,
+          torch.flatten, torch.squeeze, torch.unsqueeze, torch.unflatten, "squeeze_", "unsqueeze_")
+class Reshape(Rule):
+    """Any reshape: channels are laid out on the new dims (see ``common.reshape``).
+
+    Literal sizes in ``view``/``reshape``/``unflatten`` arguments are rewritten after pruning.
+    """
+
+    rewrites = True
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        return reshape(ctx, ctx.value(x), ctx.shape(x), ctx.shape(node))
+
+    def rewrite(self, rw, node):
+        new, ids = rw.new_shape(node), rw.ids(node)
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        if name in ("view", "reshape"):
+            sizes = node.args[1:]
+            if not sizes:
+                node.kwargs = {**node.kwargs, "shape": _fixed_sizes(node.kwargs["shape"], new, ids)}
+                return
+            packed = len(sizes) == 1 and isinstance(sizes[0], (tuple, list))
+            fixed = _fixed_sizes(sizes[0] if packed else sizes, new, ids)
+            node.args = (node.args[0], fixed) if packed else (node.args[0], *fixed)
+        elif name == "unflatten":
+            sizes = arg(node, 2, "sizes")
+            dim = normalize_dim(arg(node, 1, "dim"), len(new) - len(sizes) + 1)
+            fixed = _fixed_sizes(sizes, new[dim:dim + len(sizes)], ids[dim:dim + len(sizes)])
+            node.args = (node.args[0], dim, fixed)
+            node.kwargs = {}
+
+
+def _fixed_sizes(items, new_shape, ids) -> list:
+    """A size list for the pruned model.
+
+    Literal sizes become the pruned sizes. A size computed at run time (``x.size(1)``) is replaced
+    too where the dim holds channels: it may come from a tensor that was pruned differently. -1
+    stays -1.
+    """
+    return [new_shape[i] if (isinstance(v, int) and v != -1) or (ids[i] is not None and v != -1)
+            else v for i, v in enumerate(items)]
+
+
+@register("permute", "transpose", "swapaxes", "swapdims", "t", "movedim", torch.permute,
+          torch.transpose, torch.swapaxes, torch.t, torch.movedim)
+class Permute(Rule):
+    """Dims are reordered; channels move with them."""
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        value, nd = ctx.value(x), len(ctx.shape(x))
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        order = list(range(nd))
+        if name == "permute":
+            dims = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (tuple, list)) \
+                else node.args[1]
+            if not dims:
+                dims = node.kwargs["dims"]
+            order = [normalize_dim(d, nd) for d in dims]
+        elif name in ("transpose", "swapaxes", "swapdims", "t"):
+            a, b = (0, 1) if name == "t" else (normalize_dim(node.args[1], nd), normalize_dim(node.args[2], nd))
+            if nd >= 2:
+                order[a], order[b] = order[b], order[a]
+        else:  # movedim
+            src, dst = node.args[1], node.args[2]
+            src = [src] if isinstance(src, int) else list(src)
+            dst = [dst] if isinstance(dst, int) else list(dst)
+            order = np.moveaxis(np.arange(nd), [normalize_dim(s, nd) for s in src],
+                                [normalize_dim(d, nd) for d in dst]).tolist()
+        return tuple(value[d] for d in order)
+
+
+@register("expand", "expand_as", "broadcast_to", torch.broadcast_to)
+class Expand(Rule):
+    """Size-1 dims grow: the grown dims carry no channels of the input (nor of ``other``'s)."""
+
+    rewrites = True
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        value, shape, out_shape = ctx.value(x), ctx.shape(x), ctx.shape(node)
+        inputs = [(value, shape)]
+        if node.target == "expand_as":
+            inputs.append((ctx.value(node.args[1]), ctx.shape(node.args[1])))
+        return broadcast(ctx, out_shape, inputs)
+
+    def rewrite(self, rw, node):
+        if node.target in ("expand", "broadcast_to") or node.target is torch.broadcast_to:
+            new = rw.new_shape(node)
+            sizes = node.args[1:]
+            packed = len(sizes) == 1 and isinstance(sizes[0], (tuple, list))
+            fixed = _fixed_sizes(sizes[0] if packed else sizes, new, rw.ids(node))
+            node.args = (node.args[0], fixed) if packed else (node.args[0], *fixed)
+
+
+@register(torch.cat, torch.concat, torch.concatenate)
+class Cat(Rule):
+    """Concatenation: ids are concatenated along ``dim``, other dims are pruned together."""
+
+    def propagate(self, ctx, node):
+        tensors = arg(node, 0, "tensors")
+        values = [ctx.value(t) for t in tensors]
+        shapes = [ctx.shape(t) for t in tensors]
+        out_shape = ctx.shape(node)
+        nd = len(out_shape)
+        dim = normalize_dim(arg(node, 1, "dim", 0), nd)
+        pieces = [v[dim] for v in values]
+        others = broadcast(ctx, out_shape[:dim] + (1,) + out_shape[dim + 1:],
+                           [(v[:dim] + (None,) + v[dim + 1:], s[:dim] + (1,) + s[dim + 1:])
+                            for v, s in zip(values, shapes)])
+        if all(p is not None for p in pieces):
+            cat_ids = np.concatenate(pieces)
+        else:
+            for p in pieces:
+                if p is not None:
+                    ctx.space.block(p)
+            cat_ids = None
+        return others[:dim] + (cat_ids,) + others[dim + 1:]
+
+
+@register(torch.stack)
+class Stack(Rule):
+    """Stacking adds a new dim with no channels; the inputs' dims are pruned together."""
+
+    def propagate(self, ctx, node):
+        tensors = arg(node, 0, "tensors")
+        out_shape = ctx.shape(node)
+        dim = normalize_dim(arg(node, 1, "dim", 0), len(out_shape))
+        merged = broadcast(ctx, out_shape[:dim] + out_shape[dim + 1:],
+                           [(ctx.value(t), ctx.shape(t)) for t in tensors])
+        return merged[:dim] + (None,) + merged[dim:]
+
+
+@register("split", "chunk", torch.split, torch.chunk)
+class Split(Rule):
+    """Split/chunk: each piece gets its slice of the ids; after pruning the pieces get explicit
+    sizes (a chunk becomes a split), so uneven pruning of the pieces stays valid."""
+
+    rewrites = True
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        value, shape = ctx.value(x), ctx.shape(x)
+        pieces = ctx.shape(node)
+        dim = normalize_dim(arg(node, 2, "dim", 0), len(shape))
+        ids = value[dim]
+        out, start = [], 0
+        for piece in pieces:
+            size = piece[dim]
+            out.append(value[:dim] + ((None if ids is None else ids[start:start + size]),) + value[dim + 1:])
+            start += size
+        return out
+
+    def rewrite(self, rw, node):
+        pieces = rw.new_shape(node)
+        dim = normalize_dim(arg(node, 2, "dim", 0), len(pieces[0]))
+        sizes = [p[dim] for p in pieces]
+        if isinstance(node.target, str):
+            node.target = "split"
+        else:
+            node.target = torch.split
+        node.args = (node.args[0], sizes, dim)
+        node.kwargs = {}
+
+
+@register(operator.getitem)
+class GetItem(Rule):
+    """Indexing: a container item, or basic tensor indexing (ints, slices, None, Ellipsis).
+
+    A slice of a channel dim takes that part of the ids and its literal bounds are rewritten after
+    pruning; an integer index into a channel dim, strided slices and advanced (tensor) indexing
+    block the channels involved.
+    """
+
+    rewrites = True
+
+    def propagate(self, ctx, node):
+        src, index = node.args
+        value, shape = ctx.value(src), ctx.shape(src)
+        if not is_size(shape):  # container or non-tensor
+            if isinstance(value, list) and isinstance(index, (int, slice)):
+                return value[index]
+            return None
+        out: list[Any] = []
+        for kind, d, item in _index_items(index, len(shape), ctx):
+            ids = value[d] if d is not None else None
+            if kind == "new":
+                out.append(None)
+            elif kind == "keep":
+                out.append(ids)
+            elif kind == "slice":
+                if ids is None:
+                    out.append(None)
+                elif _simple_slice(item):
+                    out.append(ids[item])
+                else:
+                    ctx.space.block(ids)
+                    out.append(None)
+            elif kind == "int":
+                if ids is not None:
+                    ctx.space.block(ids)
+            else:  # advanced indexing: give up on the whole tensor
+                ctx.block_value(value)
+                return None
+        return tuple(out)
+
+    def rewrite(self, rw, node):
+        src, index = node.args
+        if not is_size(rw.old_shape(src)):
+            return
+        value = rw.ids(src)
+        items = list(index) if isinstance(index, tuple) else [index]
+        changed = False
+        for pos, (kind, d, item) in zip(_item_positions(index, len(rw.old_shape(src))),
+                                        _index_items(index, len(rw.old_shape(src)), None)):
+            if kind == "slice" and value[d] is not None and _simple_slice(item):
+                kept = rw.kept(value[d])
+                start, stop, _ = item.indices(len(kept))
+                items[pos] = slice(int(kept[:start].sum()), int(kept[:stop].sum()), item.step)
+                changed = True
+        if changed:
+            node.args = (src, tuple(items) if isinstance(index, tuple) else items[0])
+
+
+def _simple_slice(item: slice) -> bool:
+    return all(isinstance(v, (int, type(None))) for v in (item.start, item.stop, item.step)) \
+        and item.step in (None, 1)
+
+
+def _index_items(index, ndim: int, ctx):
+    """Yield (kind, input dim, item) for a basic index; kinds: new, keep, slice, int, advanced."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for it in items if it is not None and it is not Ellipsis)
+    d = 0
+    for item in items:
+        if item is None:
+            yield "new", None, item
+        elif item is Ellipsis:
+            for _ in range(ndim - consumed):
+                yield "keep", d, item
+                d += 1
+        elif isinstance(item, slice):
+            full = item.start is None and item.stop is None and item.step in (None, 1)
+            yield ("keep" if full else "slice"), d, item
+            d += 1
+        elif isinstance(item, int) or (isinstance(item, fx.Node) and not is_size(item.meta.get("pruning_shape"))):
+            yield "int", d, item
+            d += 1
+        else:
+            yield "advanced", d, item
+            d += 1
+    while d < ndim:
+        yield "keep", d, None
+        d += 1
+
+
+def _item_positions(index, ndim: int):
+    """Position in the index tuple of each item yielded by ``_index_items``."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    consumed = sum(1 for it in items if it is not None and it is not Ellipsis)
+    for pos, item in enumerate(items):
+        repeat = ndim - consumed if item is Ellipsis else 1
+        for _ in range(repeat):
+            yield pos
+    yield from (len(items) for _ in range(ndim))
+
+
+# --------------------------------------------------------------------------------------------
+# Reductions and normalisations over a dim
+
+
+_REDUCTIONS = ["mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp",
+               "argmax", "argmin", "all", "any", "median", torch.mean, torch.sum, torch.amax,
+               torch.amin, torch.max, torch.min, torch.std, torch.var, torch.prod, torch.logsumexp,
+               torch.argmax, torch.argmin, torch.median]
+
+
+@register(*_REDUCTIONS)
+class Reduce(Rule):
+    """Reducing a channel dim mixes channels (a mean would change): those channels are blocked."""
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        value, nd = ctx.value(x), len(ctx.shape(x))
+        dims = arg(node, 1, "dim", None)
+        out_shape = ctx.shape(node)
+        if dims is None or isinstance(dims, fx.Node):
+            ctx.block_value(value)
+            return ctx.untracked(out_shape)
+        dims = {normalize_dim(d, nd) for d in ([dims] if isinstance(dims, int) else dims)}
+        keepdim = arg(node, 2, "keepdim", False)
+        out = []
+        for d in range(nd):
+            if d in dims:
+                if value[d] is not None:
+                    ctx.space.block(value[d])
+                if keepdim:
+                    out.append(None)
+            else:
+                out.append(value[d])
+        result = tuple(out)
+        return [result] * len(out_shape) if isinstance(out_shape, list) else result
+
+
+@register("softmax", "log_softmax", "cumsum", "cumprod", torch.softmax, torch.log_softmax,
+          torch.cumsum, F.softmax, F.log_softmax, F.normalize, F.softmin)
+class AlongDim(Rule):
+    """Shape-preserving op that mixes values along one dim: that dim's channels are blocked."""
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        value = ctx.value(x)
+        nd = len(ctx.shape(x))
+        default = 1 if node.target is F.normalize else None
+        dim = arg(node, 2 if node.target is F.normalize else 1, "dim", default)
+        if dim is None or not isinstance(dim, int):
+            ctx.block_value(value)
+            return None
+        dim = normalize_dim(dim, nd)
+        if value[dim] is not None:
+            ctx.space.block(value[dim])
+        return value[:dim] + (None,) + value[dim + 1:]
+
+
+# --------------------------------------------------------------------------------------------
+# Spatial ops
+
+
+_SPATIAL = {
+    F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3,
+    F.adaptive_max_pool1d: 1, F.adaptive_max_pool2d: 2, F.adaptive_max_pool3d: 3,
+    F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3, F.max_pool1d: 1, F.max_pool2d: 2,
+    F.max_pool3d: 3, torch.max_pool2d: 2, torch.avg_pool1d: 1, torch.adaptive_avg_pool1d: 1,
+}
+
+
+@register(*_SPATIAL, F.interpolate, F.pad, torch.roll, "roll")
+class Spatial(Rule):
+    """Pooling, resizing, padding and rolling act on trailing dims, which must not hold channels."""
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        shape = ctx.shape(x)
+        if node.target is F.interpolate:
+            trailing = len(shape) - 2
+        elif node.target is F.pad:
+            trailing = len(arg(node, 1, "pad")) // 2
+        elif node.target in (torch.roll, "roll"):
+            dims = arg(node, 2, "dims", None)
+            value = ctx.value(x)
+            rolled = range(len(shape)) if dims is None else (
+                [dims] if isinstance(dims, int) else dims)
+            for d in rolled:
+                if value[normalize_dim(d, len(shape))] is not None:
+                    ctx.space.block(value[normalize_dim(d, len(shape))])
+            return tuple(None if (dims is None or normalize_dim(d, len(shape)) in
+                                  {normalize_dim(r, len(shape)) for r in rolled}) else v
+                         for d, v in enumerate(value))
+        else:
+            trailing = _SPATIAL[node.target]
+        return spatial(ctx, ctx.value(x), shape, ctx.shape(node), trailing)
+
+
+# --------------------------------------------------------------------------------------------
+# Products and parameterised functions (weights given as get_attr nodes)
+
+
+@register(torch.matmul, operator.matmul, torch.bmm, torch.mm, "matmul", "bmm", "mm")
+class MatMul(Rule):
+    """``a @ b``: the contracted dims are pruned together; batch dims broadcast."""
+
+    def propagate(self, ctx, node):
+        a, b = node.args[0], node.args[1]
+        va, sa, vb, sb = ctx.value(a), ctx.shape(a), ctx.value(b), ctx.shape(b)
+        if len(sa) < 2 or len(sb) < 2:
+            ctx.block_value(va)
+            ctx.block_value(vb)
+            return None
+        _contract(ctx, va[-1], vb[-2])
+        out_shape = ctx.shape(node)
+        batch = broadcast(ctx, out_shape[:-2], [(va[:-2], sa[:-2]), (vb[:-2], sb[:-2])])
+        return batch + (va[-2], vb[-1])
+
+
+def _contract(ctx, x: np.ndarray | None, y: np.ndarray | None) -> None:
+    """Two dims summed over together: prune them together, or not at all if one is fixed."""
+    if x is not None and y is not None:
+        ctx.space.merge(x, y)
+    elif x is not None or y is not None:
+        ctx.space.block(x if x is not None else y)
+
+
+@register(F.linear)
+class Linear(Rule):
+    """``F.linear(x, weight, bias)``."""
+
+    def propagate(self, ctx, node):
+        x, w, b = node.args[0], arg(node, 1, "weight"), arg(node, 2, "bias")
+        vx, vw = ctx.value(x), ctx.value(w)
+        if vw is None or len(vw) != 2:
+            ctx.block_value(vx)
+            ctx.block_value(vw)
+            return None
+        _contract(ctx, vx[-1], vw[1])
+        vb = ctx.value(b)
+        if vb is not None:
+            _contract(ctx, vw[0], vb[0])
+        return vx[:-1] + (vw[0],)
+
+
+@register(F.conv1d, F.conv2d, F.conv3d)
+class Conv(Rule):
+    """``F.convNd(x, weight, bias, stride, padding, dilation, groups)``; see ``conv_channels``."""
+
+    rewrites = True
+
+    def propagate(self, ctx, node):
+        x, w, b = node.args[0], arg(node, 1, "weight"), arg(node, 2, "bias")
+        vx, vw = ctx.value(x), ctx.value(w)
+        groups = arg(node, 6, "groups", 1)
+        if vw is None or not isinstance(groups, int):
+            ctx.block_value(vx)
+            ctx.block_value(vw)
+            return None
+        for ids in vw[2:]:
+            if ids is not None:
+                ctx.space.block(ids)
+        out_ids = vw[0] if vw[0] is not None else None
+        if out_ids is None:
+            ctx.block_value(vx)
+            return None
+        sw = ctx.shape(w)
+        if groups > 1 and vw[1] is not None:
+            ctx.space.block(vw[1])
+        conv_channels(ctx, vx[1], out_ids, vw[1] if groups == 1 else None, groups)
+        vb = ctx.value(b)
+        if vb is not None:
+            _contract(ctx, out_ids, vb[0])
+        return vx[:1] + (out_ids,) + (None,) * (len(sw) - 2)
+
+    def rewrite(self, rw, node):
+        groups = arg(node, 6, "groups", 1)
+        if isinstance(groups, int) and groups > 1:
+            old_out = rw.old_shape(node)[1]
+            new_groups = rw.new_shape(node)[1] // (old_out // groups)
+            args = list(node.args) + [None] * (7 - len(node.args))
+            if len(node.args) > 6:
+                args[6] = new_groups
+                node.args = tuple(args[:len(node.args)])
+            else:
+                node.kwargs = {**node.kwargs, "groups": new_groups}
+
+
+def conv_channels(ctx, in_ids: np.ndarray | None, out_ids: np.ndarray,
+                  weight_in_ids: np.ndarray | None, groups: int) -> None:
+    """Couple a convolution's input and output channels.
+
+    ``groups == 1``: input channels are pruned with the weight's input dim. Grouped (and depthwise)
+    convolutions are pruned by whole groups, which keeps ``groups`` valid: the input channels and the
+    output channels of one group form one label, and ``groups`` shrinks.
+    """
+    if groups == 1:
+        if in_ids is None:
+            if weight_in_ids is not None:
+                ctx.space.block(weight_in_ids)
+        elif weight_in_ids is not None:
+            ctx.space.merge(in_ids, weight_in_ids)
+        return
+    rep = out_ids[:: len(out_ids) // groups]
+    merge_in_groups(ctx, out_ids, groups, rep)
+    if in_ids is None:
+        ctx.space.block(out_ids)
+    else:
+        merge_in_groups(ctx, in_ids, groups, rep)
+
+
+@register(F.layer_norm)
+class LayerNormFn(Rule):
+    """``F.layer_norm``: affine params follow the normalised trailing dims; ``normalized_shape`` is
+    rewritten after pruning."""
+
+    rewrites = True
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        vx = ctx.value(x)
+        k = len(arg(node, 1, "normalized_shape"))
+        for ids in vx[-k:]:
+            if ids is not None:
+                ctx.space.normalized(ids)
+        for p in (arg(node, 2, "weight"), arg(node, 3, "bias")):
+            vp = ctx.value(p)
+            if vp is not None:
+                for a, b in zip(vx[-k:], vp):
+                    _contract(ctx, a, b)
+        return vx
+
+    def rewrite(self, rw, node):
+        k = len(arg(node, 1, "normalized_shape"))
+        new = list(rw.new_shape(node.args[0])[-k:])
+        if len(node.args) > 1:
+            node.args = (node.args[0], new, *node.args[2:])
+        else:
+            node.kwargs = {**node.kwargs, "normalized_shape": new}
+
+
+@register(F.batch_norm, F.instance_norm)
+class BatchNormFn(Rule):
+    """Functional batch/instance norm: every per-channel tensor follows the channel dim."""
+
+    def propagate(self, ctx, node):
+        vx = ctx.value(node.args[0])
+        for a in flatten_args((node.args[1:], node.kwargs)):
+            vp = ctx.value(a) if isinstance(a, fx.Node) else None
+            if vp is not None and len(vp) == 1:
+                _contract(ctx, vx[1], vp[0])
+        return vx
+
+
+@register(F.group_norm)
+class GroupNormFn(Rule):
+    """``F.group_norm``: pruned by whole groups; ``num_groups`` is rewritten."""
+
+    rewrites = True
+
+    def propagate(self, ctx, node):
+        vx = ctx.value(node.args[0])
+        groups = arg(node, 1, "num_groups")
+        ids = vx[1]
+        if ids is not None:
+            merge_in_groups(ctx, ids, groups, ids[:: len(ids) // groups])
+            for p in (arg(node, 2, "weight"), arg(node, 3, "bias")):
+                vp = ctx.value(p)
+                if vp is not None:
+                    _contract(ctx, ids, vp[0])
+        return vx
+
+    def rewrite(self, rw, node):
+        groups = arg(node, 1, "num_groups")
+        per_group = rw.old_shape(node)[1] // groups
+        new_groups = rw.new_shape(node)[1] // per_group
+        node.args = (node.args[0], new_groups, *node.args[2:])
+
+
+@register(F.embedding)
+class EmbeddingFn(Rule):
+    """``F.embedding(indices, weight)``: output features are the weight's columns."""
+
+    def propagate(self, ctx, node):
+        vi, vw = ctx.value(node.args[0]), ctx.value(arg(node, 1, "weight"))
+        ctx.block_value(vi)
+        if vw is None:
+            return None
+        if vw[0] is not None:
+            ctx.space.block(vw[0])
+        return tuple(vi) + (vw[1],)
+
+
+@register(F.scaled_dot_product_attention)
+class ScaledDotProductAttention(Rule):
+    """``softmax(q k^T) v``: q and k features are pruned together, v's features reach the output."""
+
+    def propagate(self, ctx, node):
+        q, k, v = (ctx.value(a) for a in node.args[:3])
+        sq, sk, sv = (ctx.shape(a) for a in node.args[:3])
+        _contract(ctx, q[-1], k[-1])
+        for ids in (k[-2], v[-2]):  # keys/values enter a softmax over tokens
+            if ids is not None:
+                ctx.space.block(ids)
+        ctx.block_value(ctx.value(arg(node, 3, "attn_mask")))
+        batch = broadcast(ctx, ctx.shape(node)[:-2], [(q[:-2], sq[:-2]), (k[:-2], sk[:-2]),
+                                                      (v[:-2], sv[:-2])])
+        return batch + (q[-2], v[-1])
