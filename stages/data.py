@@ -1,0 +1,94 @@
+"""Data sets as tensors: scikit-learn's bundled digits by default, or any torchvision ImageFolder.
+
+`prepare` writes `train.pt`, `val.pt`, `test.pt` (weights-only tensor files, deterministic bytes) and
+`meta.json` under one directory; every later stage reads them through `load_split`/`make_loader`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, TensorDataset
+
+from stages.artifacts import load_state_dict, read_json, save_state_dict, write_json
+from stages.errors import StageError
+
+SPLITS = ("train", "val", "test")
+
+
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's 8x8 digits as float32 images in [0, 1], shape (N, 1, 8, 8), and int64 labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images.astype(np.float32) / 16.0)[:, None, :, :]
+    return images, digits.target.astype(np.int64), [str(name) for name in digits.target_names]
+
+
+def load_image_folder_arrays(root: Path, image_size: int, grayscale: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """All images of an ImageFolder root, resized and center-cropped to `image_size`, in [0, 1]."""
+    from torchvision import datasets, transforms
+
+    if not root.is_dir():
+        raise StageError(f"params.yaml: 'data.source' = '{root}' is neither 'digits' nor an existing directory")
+    steps = [transforms.Grayscale(1)] if grayscale else [transforms.Lambda(lambda image: image.convert("RGB"))]
+    steps += [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()]
+    try:
+        folder = datasets.ImageFolder(str(root), transform=transforms.Compose(steps))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise StageError(f"params.yaml: 'data.source' = '{root}' is not an ImageFolder (one sub-folder per class): {exc}") from None
+    images = np.stack([folder[i][0].numpy() for i in range(len(folder))]).astype(np.float32)
+    return images, np.asarray(folder.targets, dtype=np.int64), list(folder.classes)
+
+
+def split_arrays(
+    images: np.ndarray, targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A stratified, seeded train/val/test split (same seed, same split)."""
+    try:
+        rest_x, test_x, rest_y, test_y = train_test_split(
+            images, targets, test_size=test_fraction, random_state=seed, stratify=targets
+        )
+        train_x, val_x, train_y, val_y = train_test_split(
+            rest_x, rest_y, test_size=val_fraction / (1.0 - test_fraction), random_state=seed, stratify=rest_y
+        )
+    except ValueError as exc:
+        raise StageError(f"params.yaml: 'data.val_fraction'/'data.test_fraction' cannot split this data set: {exc}") from None
+    return {"train": (train_x, train_y), "val": (val_x, val_y), "test": (test_x, test_y)}
+
+
+def write_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str], source: str, out_dir: Path) -> None:
+    """Write each split as a tensor file plus `meta.json` (shape, classes, counts)."""
+    for name, (x, y) in splits.items():
+        save_state_dict({"x": torch.from_numpy(np.ascontiguousarray(x)), "y": torch.from_numpy(y)}, out_dir / f"{name}.pt")
+    sample_shape = list(splits["train"][0].shape[1:])
+    write_json(
+        {
+            "source": source,
+            "classes": classes,
+            "in_channels": sample_shape[0],
+            "input_shape": sample_shape,
+            "counts": {name: int(len(y)) for name, (_, y) in splits.items()},
+        },
+        out_dir / "meta.json",
+    )
+
+
+def read_meta(data_dir: str | Path) -> dict:
+    """The `meta.json` written by `prepare`."""
+    return read_json(Path(data_dir) / "meta.json")
+
+
+def load_split(data_dir: str | Path, split: str) -> TensorDataset:
+    """One prepared split as a TensorDataset of (image, label)."""
+    tensors = load_state_dict(Path(data_dir) / f"{split}.pt")
+    return TensorDataset(tensors["x"], tensors["y"])
+
+
+def make_loader(dataset: TensorDataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
+    """A single-process loader whose shuffling order depends only on `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
