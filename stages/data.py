@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 from stages.artifacts import load_state_dict, read_json, save_state_dict, write_json
@@ -48,6 +47,8 @@ def split_arrays(
     images: np.ndarray, targets: np.ndarray, val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A stratified, seeded train/val/test split (same seed, same split)."""
+    from sklearn.model_selection import train_test_split
+
     try:
         rest_x, test_x, rest_y, test_y = train_test_split(
             images, targets, test_size=test_fraction, random_state=seed, stratify=targets

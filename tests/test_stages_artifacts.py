@@ -79,3 +79,10 @@ def test_truncated_and_foreign_files_are_named(tmp_path):
         load_pickled(tmp_path / "model.pt", torch.nn.Conv2d)
     with pytest.raises(StageError, match="absent.pt: not found"):
         load_state_dict(tmp_path / "absent.pt")
+
+
+def test_leftover_temp_file_of_a_killed_writer_is_removed(tmp_path):
+    (tmp_path / ".out.bin.abc123.tmp").write_bytes(b"half")
+    with atomic_write(tmp_path / "out.bin") as handle:
+        handle.write(b"new")
+    assert os.listdir(tmp_path) == ["out.bin"]

@@ -1,0 +1,55 @@
+"""Stage `calibrate`: label scores with `LossAwareCriterion` over N training batches; saves the scored IR."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pruning import PruningIR
+from pruning.criterion import LossAwareCriterion
+
+from stages.artifacts import load_pickled, save_pickled
+from stages.data import load_split, make_loader
+from stages.params import Params
+from stages.training import setup
+
+
+def _batches(loader: DataLoader, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`count` batches, going through the loader again (reshuffled) when it runs out."""
+    produced = 0
+    while True:
+        for batch in loader:
+            if produced == count:
+                return
+            produced += 1
+            yield batch
+
+
+def run(params: Params, data_dir: Path, ir_path: Path, out_path: Path) -> None:
+    """Score every label; `calibrate.mode` train|eval sets the model mode, BatchNorm statistics are kept."""
+    seed, device = setup(params)
+    count = params.get_int("calibrate.batches", min=1)
+    split = params.get_str("calibrate.split", choices=("train", "val"))
+    mode = params.get_str("calibrate.mode", choices=("train", "eval"))
+    batch_size = params.get_int("data.batch_size", min=1)
+    ir = load_pickled(ir_path, PruningIR)
+    model = ir.snapshot("main").model.to(device)
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    model.train(mode == "train")
+    loader = make_loader(load_split(data_dir, split), batch_size, shuffle=True, seed=seed)
+    loss_fn = nn.CrossEntropyLoss()
+    with LossAwareCriterion(ir) as collector:
+        for x, y in tqdm(_batches(loader, count), total=count, desc="calibrate", unit="batch"):
+            loss_fn(collector(x.to(device)), y.to(device)).backward()
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name])
+    model.zero_grad(set_to_none=True)
+    model.cpu().eval()
+    print(f"calibrate: {count} {split} batches in {mode} mode")
+    save_pickled(ir, out_path)

@@ -1,0 +1,102 @@
+"""Stage `evaluate`: accuracy, MACs, parameters and measured latency of the baseline, pruned and fine-tuned
+models into metrics.json and DVC plot rows, then one MLflow run for the whole pipeline run.
+
+Measured latency is wall-clock time on this machine. dvc.yaml marks metrics.json `persist: true`, which
+keeps this stage out of DVC's run-cache: it is never "restored" with figures measured elsewhere or earlier,
+and every evaluate that DVC reports as run has really measured and logged its MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from stages.artifacts import load_state_dict, write_json
+from stages.bundle import ARCHITECTURE_FILE, WEIGHTS_FILE, load_bundle
+from stages.costs import cost_function
+from stages.data import load_split, make_loader, read_meta
+from stages.models import build_from_spec, model_spec
+from stages.params import Params, flatten
+from stages.plots import channels_figure, tradeoff_figure
+from stages.report import layer_channels
+from stages.tracking import dvc_stage_tags, environment_tags, git_tags, log_pipeline_run
+from stages.training import accuracy, setup
+
+
+def run(
+    params: Params,
+    data_dir: Path,
+    baseline_path: Path,
+    pruned_dir: Path,
+    finetuned_dir: Path,
+    summary_path: Path,
+    metrics_path: Path,
+    channels_path: Path,
+    tradeoff_path: Path,
+    lock_path: Path = Path("dvc.lock"),
+) -> None:
+    """Measure the three models, write metrics and plot rows, log and register with MLflow."""
+    seed, device = setup(params)
+    experiment = params.get_str("mlflow.experiment")
+    registered_model = params.get_str("mlflow.registered_model")
+    spec = model_spec(params, read_meta(data_dir))
+    baseline = build_from_spec(spec)
+    baseline.load_state_dict(load_state_dict(baseline_path))
+    models = {"baseline": baseline, "pruned": load_bundle(pruned_dir), "finetuned": load_bundle(finetuned_dir)}
+    test = load_split(data_dir, "test")
+    loader = make_loader(test, params.get_int("data.batch_size", min=1), shuffle=False, seed=seed)
+    example = test.tensors[0][:8]
+    costs = {name: cost_function(name, params, example, device) for name in ("macs", "params", "latency")}
+
+    acc = {name: accuracy(model, loader, device) for name, model in models.items()}
+    measured = {
+        name: {cost: fn(models[name].to(device)) for cost, fn in costs.items()} for name in ("baseline", "finetuned")
+    }
+    metrics = {
+        "accuracy": acc,
+        "accuracy_drop": acc["baseline"] - acc["finetuned"],
+        "macs": {name: m["macs"] for name, m in measured.items()},
+        "params": {name: m["params"] for name, m in measured.items()},
+        "latency_ms": {name: m["latency"] for name, m in measured.items()},
+        "ratio": {cost: measured["finetuned"][cost] / measured["baseline"][cost] for cost in costs},
+    }
+    rows = layer_channels(baseline, models["finetuned"])
+    # The pruned and fine-tuned models share one architecture, so one latency measurement serves both.
+    points = [
+        {"model": name, "accuracy": acc[name], "latency_ms": measured[key]["latency"], "macs": measured[key]["macs"]}
+        for name, key in (("baseline", "baseline"), ("pruned", "finetuned"), ("finetuned", "finetuned"))
+    ]
+    write_json(rows, channels_path)
+    write_json(points, tradeoff_path)
+    write_json(metrics, metrics_path)
+    print(
+        f"evaluate: test accuracy {acc['baseline']:.4f} baseline, {acc['pruned']:.4f} pruned, "
+        f"{acc['finetuned']:.4f} fine-tuned; MACs x{metrics['ratio']['macs']:.3f}, "
+        f"params x{metrics['ratio']['params']:.3f}, latency x{metrics['ratio']['latency']:.3f}"
+    )
+
+    flat_metrics = {key: float(value) for key, value in flatten(metrics).items()}
+    flat_metrics.update({f"kept_ratio.{row['layer']}": row["kept_ratio"] for row in rows})
+    tags = {**git_tags(), **dvc_stage_tags(lock_path), **environment_tags(device)}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
+    with tempfile.TemporaryDirectory() as tmp:
+        channels_png, tradeoff_png = Path(tmp) / "channels.png", Path(tmp) / "accuracy_vs_latency.png"
+        channels_figure(rows, channels_png)
+        tradeoff_figure(points, tradeoff_png)
+        run_id, version = log_pipeline_run(
+            experiment=experiment,
+            run_name=os.environ.get("DVC_EXP_NAME") or f"{params.get_str('select.method')}-{params.get('select.target')}",
+            params=flatten(params.data),
+            metrics=flat_metrics,
+            tags=tags,
+            artifacts=[
+                (summary_path, None), (metrics_path, None), (channels_png, "plots"), (tradeoff_png, "plots"),
+                (finetuned_dir / WEIGHTS_FILE, "safe_model"), (finetuned_dir / ARCHITECTURE_FILE, "safe_model"),
+            ],
+            model=models["finetuned"],
+            example=example,
+            registered_model=registered_model,
+        )
+    print(f"evaluate: MLflow run {run_id}, registered '{registered_model}' version {version}")

@@ -1,0 +1,34 @@
+"""Stage `prune`: apply the selected labels to the calibrated IR and save the pruned model (dill + safe pair)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pruning import PruningIR
+
+from stages.artifacts import load_pickled, read_json
+from stages.bundle import save_bundle
+from stages.data import load_split, read_meta
+from stages.errors import StageError
+from stages.models import model_spec
+from stages.params import Params
+from stages.training import setup
+
+
+def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, out_dir: Path) -> None:
+    """Prune on CPU; warns when the model cannot be rebuilt from the plain architecture description."""
+    setup(params)
+    ir = load_pickled(ir_path, PruningIR)
+    selection = read_json(labels_path)
+    by_index = {label.index: label for label in ir.snapshot("main").labels}
+    unknown = [index for index in selection["labels"] if index not in by_index]
+    if unknown:
+        raise StageError(f"{labels_path}: label indices {unknown[:5]} are not prunable labels of {ir_path} "
+                         "(the files come from different runs: rerun select)")
+    pruned = ir.prune(labels=[by_index[index] for index in selection["labels"]])
+    check_input = load_split(data_dir, "val").tensors[0][:8]
+    verified = save_bundle(pruned.model, model_spec(params, read_meta(data_dir)), out_dir, check_input)
+    print(f"prune: removed {len(selection['labels'])} labels; weights-only rebuild verified: {verified}")
+    if not verified:
+        print(f"prune: warning: {out_dir}/architecture.json cannot rebuild this model; only the dill file "
+              "model.pt (which runs code when loaded) reproduces it")
