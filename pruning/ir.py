@@ -76,6 +76,15 @@ class Snapshot:
             self.analyze()
         return self._analysis
 
+    def __setstate__(self, state: dict) -> None:
+        # Unpickling re-creates the GraphModule from its code; node names normally survive. If they
+        # did not, the analysis no longer matches the graph: redo it from the stored example.
+        self.__dict__.update(state)
+        names = {node.name for node in self.model.graph.nodes}
+        if self._analysis is not None and set(self._analysis.node_ids) != names:
+            self._analysis = None
+            self.analyze()
+
     # --- labels ----------------------------------------------------------------------------
     @property
     def num_labels(self) -> int:

@@ -646,7 +646,13 @@ class EmbeddingFn(Rule):
 
 @register(F.scaled_dot_product_attention)
 class ScaledDotProductAttention(Rule):
-    """``softmax(q k^T) v``: q and k features are pruned together, v's features reach the output."""
+    """``softmax(q k^T) v``: q and k features are pruned together, v's features reach the output.
+
+    The default scale is ``1/sqrt(q.size(-1))``; after pruning the original scale is passed
+    explicitly, so removing dead features leaves the attention unchanged.
+    """
+
+    rewrites = True
 
     def propagate(self, ctx, node):
         q, k, v = (ctx.value(a) for a in node.args[:3])
@@ -659,3 +665,7 @@ class ScaledDotProductAttention(Rule):
         batch = broadcast(ctx, ctx.shape(node)[:-2], [(q[:-2], sq[:-2]), (k[:-2], sk[:-2]),
                                                       (v[:-2], sv[:-2])])
         return batch + (q[-2], v[-1])
+
+    def rewrite(self, rw, node):
+        if node.kwargs.get("scale") is None:
+            node.kwargs = {**node.kwargs, "scale": rw.old_shape(node.args[0])[-1] ** -0.5}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import fx
+from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 
@@ -36,7 +36,27 @@ def bind_inputs(graph_module: fx.GraphModule, args: tuple, kwargs: dict) -> tupl
     return tuple(values)
 
 
+#: Modules whose output is a tensor shaped like their input: the shape pass skips running them
+#: (fake-tensor batch norm alone would cost most of the pass).
+_SHAPE_PRESERVING = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.GroupNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU,
+    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.Dropout, nn.Dropout2d,
+    nn.Identity,
+)
+
+
 class _Recorder(fx.Interpreter):
+    def __init__(self, module: fx.GraphModule, skip_shape_preserving: bool) -> None:
+        super().__init__(module)
+        self.skip = skip_shape_preserving
+
+    def call_module(self, target, args, kwargs):
+        if self.skip and isinstance(self.fetch_attr(target), _SHAPE_PRESERVING) and len(args) == 1 \
+                and not kwargs and isinstance(args[0], torch.Tensor):
+            return args[0]
+        return super().call_module(target, args, kwargs)
+
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
         n.meta["pruning_shape"] = shape_of(result)
@@ -60,9 +80,9 @@ def record_shapes(graph_module: fx.GraphModule, args: tuple, kwargs: dict) -> No
                 with FakeTensorMode(allow_non_fake_inputs=True) as mode:
                     fake = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
                                  for a in inputs)
-                    _Recorder(graph_module).run(*fake)
+                    _Recorder(graph_module, True).run(*fake)
             except Exception:  # noqa: BLE001 - some op has no fake kernel: measure for real
-                _Recorder(graph_module).run(*inputs)
+                _Recorder(graph_module, False).run(*inputs)
     finally:
         for module, mode in modes.items():
             module.training = mode

@@ -28,10 +28,10 @@ class TracingError(RuntimeError):
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...], leaf_ids: set[int]) -> None:
+    def __init__(self, leaf_types: tuple[type, ...] = (), leaf_ids: set[int] | None = None) -> None:
         super().__init__()
         self.leaf_types = leaf_types + _EXTRA_LEAF_TYPES
-        self.leaf_ids = leaf_ids
+        self.leaf_ids = leaf_ids or set()
         self.failed_module: str | None = None
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:

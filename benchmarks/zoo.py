@@ -1,0 +1,109 @@
+"""Every torchvision classification model through PruningIR: build, prune 50% of every group, check.
+
+    python benchmarks/zoo.py [--models resnet18 vit_b_32 ...] [--markdown zoo.md]
+
+Per model (random weights, perturbed so that no layer is all zero): prunable labels, groups,
+unprunable labels, IR build and prune seconds (median of --repeats), parameter and MAC ratios after
+pruning the first half of every group, whether the pruned model runs with the right output shape,
+and the equivalence error (labels made dead then pruned; see ``pruning.verify``).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pruning import PruningIR  # noqa: E402
+from pruning.latency import macs  # noqa: E402
+from pruning.verify import equivalence_error, perturb  # noqa: E402
+
+INPUT_SIZE = {"inception_v3": 299}
+
+
+def half_of_every_group(snapshot, exact_only: bool = False) -> list:
+    """The first half (by index) of every prunable group; with ``exact_only`` skip LayerNorm'd labels."""
+    analysis = snapshot.analysis
+    chosen = []
+    for group in analysis.groups:
+        usable = [i for i in group if not (exact_only and analysis.normalized[i])]
+        if len(usable) == len(group):
+            usable = usable[: len(group) // 2]
+        chosen += [snapshot.label(i) for i in usable[: (len(group) + 1) // 2]]
+    return chosen
+
+
+def run_model(name: str, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = perturb(torchvision.models.get_model(name).eval())
+    size = INPUT_SIZE.get(name, 224)
+    x = torch.randn(1, 3, size, size)
+    build, prune = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        ir = PruningIR(model, example_input=x)
+        build.append(time.perf_counter() - started)
+        snapshot = ir.snapshot()
+        labels = half_of_every_group(snapshot)
+        started = time.perf_counter()
+        pruned = ir.prune(labels=labels)
+        prune.append(time.perf_counter() - started)
+    with torch.no_grad():
+        out = pruned.model(x)
+    count = macs(x)
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    row = {
+        "model": name,
+        "labels": len(snapshot.labels),
+        "groups": len(snapshot.groups),
+        "unprunable": snapshot.num_labels - len(snapshot.labels),
+        "build_s": statistics.median(build),
+        "prune_s": statistics.median(prune),
+        "params": params(pruned.model) / params(model),
+        "macs": count(pruned.model) / count(model),
+        "runs": tuple(out.shape) == (1, 1000),
+    }
+    exact = half_of_every_group(snapshot, exact_only=True)
+    row["equivalence"] = equivalence_error(ir, exact, x) if exact else float("nan")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", default=torchvision.models.list_models(module=torchvision.models))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_grad_enabled(False)
+    header = "| model | labels | groups | unprunable | build s | prune s | params | MACs | runs | equiv. err |"
+    lines = [header, "|" + "---|" * 10]
+    print(header, flush=True)
+    failures = 0
+    for name in args.models:
+        try:
+            r = run_model(name, args.repeats)
+            line = (f"| {name} | {r['labels']} | {r['groups']} | {r['unprunable']} | {r['build_s']:.2f} | "
+                    f"{r['prune_s']:.2f} | {r['params']:.2f} | {r['macs']:.2f} | "
+                    f"{'ok' if r['runs'] else 'WRONG SHAPE'} | {r['equivalence']:.1e} |")
+            failures += not r["runs"] or not r["equivalence"] < 1e-4
+        except Exception as error:  # noqa: BLE001 - a benchmark reports every failure and goes on
+            line = f"| {name} | error: {type(error).__name__}: {str(error)[:120]} |"
+            failures += 1
+        lines.append(line)
+        print(line, flush=True)
+        gc.collect()
+    print(f"\n{len(args.models) - failures}/{len(args.models)} models ok")
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + f"\n\n{len(args.models) - failures}/{len(args.models)} models ok\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Small hand-written models, each exercising one kind of channel dependency."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_bn(cin: int, cout: int, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 16)
+        self.a = conv_bn(16, 24)
+        self.b = nn.Sequential(nn.Conv2d(24, 16, 1), nn.BatchNorm2d(16))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(x + self.b(self.a(x)))
+        return self.head(x.mean((2, 3)))
+
+
+class Concat(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = conv_bn(3, 8)
+        self.b = conv_bn(8, 12)
+        self.c = conv_bn(20, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        a = self.a(x)
+        x = torch.cat([a, self.b(a)], dim=1)
+        return self.head(F.adaptive_avg_pool2d(self.c(x), 1).flatten(1))
+
+
+class SplitChunk(nn.Module):
+    """chunk, split with sizes, and a literal channel slice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 32)
+        self.left = conv_bn(16, 16)
+        self.mid = conv_bn(8, 8)
+        self.right = conv_bn(8, 8)
+        self.head = nn.Linear(40, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        a, b = x.chunk(2, dim=1)
+        c, d = torch.split(b, [8, 8], dim=1)
+        e = x[:, :8]
+        y = torch.cat([self.left(a), self.mid(c), self.right(d), e], dim=1)
+        return self.head(y.mean((2, 3)))
+
+
+class Shuffle(nn.Module):
+    """ShuffleNet-style units: channel split, channel shuffle by view/transpose, and nn.ChannelShuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 24)
+        self.branch = nn.Sequential(conv_bn(12, 12), nn.Conv2d(12, 12, 3, padding=1, groups=12),
+                                    nn.BatchNorm2d(12), conv_bn(12, 12))
+        self.shuffle = nn.ChannelShuffle(3)
+        self.out = conv_bn(24, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([a, self.branch(b)], dim=1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        x = self.shuffle(x)
+        return self.head(self.out(x).mean((2, 3)))
+
+
+class Grouped(nn.Module):
+    """Grouped and depthwise convolutions, and a GroupNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = conv_bn(3, 32)
+        self.grouped = conv_bn(32, 64, groups=4)
+        self.depthwise = nn.Conv2d(64, 128, 3, padding=1, groups=64)
+        self.norm = nn.GroupNorm(8, 128)
+        self.head = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = self.norm(self.depthwise(self.grouped(self.stem(x))))
+        return self.head(x.mean((2, 3)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written out: split into heads, q k^T, softmax, merge heads."""
+
+    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(12, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim))
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):  # x: (batch, tokens, 12)
+        x = self.embed(x)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        y = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        x = x + self.proj(y)
+        x = x + self.mlp(x)
+        return self.head(x[:, 0])
+
+
+class SDPA(nn.Module):
+    """Attention through F.scaled_dot_product_attention with separate q, k, v projections."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(16, 32), nn.Linear(16, 32), nn.Linear(16, 24)
+        self.out = nn.Linear(24, 16)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 2, 16).transpose(1, 2)
+        k = self.k(x).view(b, n, 2, 16).transpose(1, 2)
+        v = self.v(x).view(b, n, 2, 12).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, 24)
+        return self.out(y)
+
+
+class FlattenLinear(nn.Module):
+    """A flatten of (C, H, W) into a linear layer: each channel owns H*W input columns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = conv_bn(3, 8)
+        self.pool = nn.AdaptiveAvgPool2d(3)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(8 * 9, 20), nn.ReLU(), nn.Linear(20, 10))
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x)))
+
+
+class ChannelsLast(nn.Module):
+    """ConvNeXt-style block: permute to channels-last, LayerNorm and Linear, a layer-scale
+    parameter, permute back, and a residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 7, padding=3, groups=16)
+        self.norm = nn.LayerNorm(16)
+        self.fc1 = nn.Linear(16, 48)
+        self.fc2 = nn.Linear(48, 16)
+        self.gamma = nn.Parameter(torch.full((16,), 0.5))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.gamma * self.fc2(F.gelu(self.fc1(self.norm(y))))
+        x = x + y.permute(0, 3, 1, 2)
+        return self.head(x.mean((-2, -1)))
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: a per-channel gate multiplies the feature map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = conv_bn(3, 24)
+        self.fc1 = nn.Conv2d(24, 6, 1)
+        self.fc2 = nn.Conv2d(6, 24, 1)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = self.conv(x)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+        return self.head((x * s).mean((2, 3)))
+
+
+IMAGE_MODELS = [Residual, Concat, SplitChunk, Shuffle, Grouped, FlattenLinear, ChannelsLast, SqueezeExcite]
+TOKEN_MODELS = {Attention: (2, 5, 12), SDPA: (2, 5, 16)}

@@ -1,0 +1,204 @@
+"""PruningIR's contract: labels, checks, snapshots, inplace, serialisation, errors."""
+from __future__ import annotations
+
+import io
+import warnings
+
+import dill
+import pytest
+import torch
+from torch import nn
+
+from pruning import PruningIR, TracingError
+from pruning.verify import perturb
+
+from models import Concat, Grouped, Residual
+
+
+@pytest.fixture
+def x():
+    torch.manual_seed(0)
+    return torch.randn(2, 3, 12, 12)
+
+
+def half(snapshot):
+    return [label for group in snapshot.groups for label in group[: len(group) // 2]]
+
+
+def test_labels_and_groups_cover_prunable_channels(x):
+    ir = PruningIR(Residual(), example_input=x)
+    s = ir.snapshot()
+    grouped = sorted(label for group in s.groups for label in group)
+    assert grouped == s.labels
+    # Residual stream (16) + inner conv (24) are prunable; the head's 10 outputs reach the output.
+    assert len(s.labels) == 16 + 24
+    for site in s.param_sites:
+        tensor = dict(s.model.named_parameters()) | dict(s.model.named_buffers())
+        assert len(site.label_index) == tensor[site.name].shape[site.dim]
+
+
+def test_input_and_output_channels_are_unprunable(x):
+    s = PruningIR(Residual(), example_input=x).snapshot()
+    head = next(site for site in s.param_sites if site.name == "head.weight" and site.dim == 0)
+    stem = next(site for site in s.param_sites if site.name == "stem.0.weight" and site.dim == 1)
+    prunable = {label.index for label in s.labels}
+    assert not prunable & set(head.label_index.tolist())
+    assert not prunable & set(stem.label_index.tolist())
+
+
+def test_module_attributes_follow_the_weights(x):
+    ir = PruningIR(Grouped(), example_input=x)
+    pruned = ir.prune(labels=half(ir.snapshot())).model
+    for module in pruned.modules():
+        if isinstance(module, nn.Conv2d):
+            assert module.out_channels == module.weight.shape[0]
+            assert module.in_channels == module.weight.shape[1] * module.groups
+            assert module.out_channels % module.groups == 0
+        if isinstance(module, nn.BatchNorm2d):
+            assert module.num_features == module.weight.shape[0] == module.running_mean.shape[0]
+        if isinstance(module, nn.GroupNorm):
+            assert module.num_channels == module.weight.shape[0]
+            assert module.num_channels % module.num_groups == 0
+        if isinstance(module, nn.Linear):
+            assert (module.out_features, module.in_features) == tuple(module.weight.shape)
+    assert pruned(x).shape == (2, 10)
+
+
+def test_input_model_untouched_unless_inplace(x):
+    model = Residual()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    ir = PruningIR(model, example_input=x)
+    ir.prune(labels=half(ir.snapshot()))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    ir.prune(labels=half(ir.snapshot()), inplace=True)
+    assert model.a[0].weight.shape[0] < 24
+
+
+def test_empty_selection_returns_a_copy(x):
+    model = Residual()
+    ir = PruningIR(model, example_input=x)
+    copy = ir.prune(labels=[])
+    assert copy is not ir and copy.model is not ir.model
+    assert copy.model.get_submodule("a.0").weight is not model.a[0].weight
+    assert torch.equal(copy.model(x), model(x))
+
+
+def test_label_checks(x):
+    ir = PruningIR(Residual(), example_input=x)
+    s = ir.snapshot()
+    other = PruningIR(Concat(), example_input=x).snapshot()
+    with pytest.raises(ValueError, match="another PruningIR"):
+        ir.prune(labels=other.labels[:1])
+    with pytest.raises(ValueError, match="twice"):
+        ir.prune(labels=[s.labels[0], s.labels[0]])
+    unprunable = next(i for i in range(s.num_labels) if not s.analysis.prunable[i])
+    with pytest.raises(ValueError, match="unprunable"):
+        ir.prune(labels=[s.label(unprunable)])
+    with pytest.raises(ValueError, match="keep at least one"):
+        ir.prune(labels=s.groups[0])
+    with pytest.raises(KeyError, match="no snapshot 'other'"):
+        ir.prune("other", labels=[])
+    with pytest.raises(TypeError, match="Label"):
+        ir.prune(labels=[0])
+    pruned = ir.prune(labels=s.labels[:1])
+    with pytest.raises(ValueError, match="another PruningIR"):
+        pruned.prune(labels=s.labels[1:2])
+
+
+def test_iterative_pruning(x):
+    ir = PruningIR(Residual(), example_input=x)
+    once = ir.prune(labels=half(ir.snapshot()))
+    twice = once.prune(labels=half(once.snapshot()))
+    assert len(twice.snapshot().labels) < len(once.snapshot().labels) < len(ir.snapshot().labels)
+    assert twice.model(x).shape == (2, 10)
+
+
+def test_dill_round_trip_prunes_identically(x, tmp_path):
+    model = perturb(Concat().eval())
+    ir = PruningIR(model, example_input=x)
+    path = tmp_path / "ir.pt"
+    torch.save(ir, path, pickle_module=dill)
+    loaded = torch.load(path, pickle_module=dill, weights_only=False)
+    labels = half(ir.snapshot())
+    same = [loaded.snapshot().label(label.index) for label in labels]
+    a, b = ir.prune(labels=labels).model, loaded.prune(labels=same).model
+    assert torch.equal(a(x), b(x))
+    assert [t.shape for t in a.parameters()] == [t.shape for t in b.parameters()]
+
+
+def test_lazy_analysis_from_first_forward(x):
+    ir = PruningIR(Residual())
+    with pytest.raises(RuntimeError, match="example_input"):
+        ir.snapshot().labels
+    out = ir.snapshot().run(x)
+    assert out.shape == (2, 10) and ir.snapshot().labels
+
+
+def test_deterministic_labels(x):
+    torch.manual_seed(1)
+    a = PruningIR(Shuffled := Concat(), example_input=x).snapshot()
+    b = PruningIR(Shuffled, example_input=x).snapshot()
+    assert a.ir_uid == b.ir_uid
+    assert [g for g in a.analysis.groups for g in g.tolist()] == [g for g in b.analysis.groups for g in g.tolist()]
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x
+
+
+class WithBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.conv2 = nn.Conv2d(8, 6, 3)
+        self.odd = DataDependent()
+        self.head = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.odd(self.conv2(torch.relu(self.conv1(x)))))
+
+
+def test_soft_tracing_makes_untraceable_modules_leaves(x):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = PruningIR(WithBranch(), example_input=x).snapshot()
+    assert any("'odd'" in str(w.message) for w in caught)
+    # conv1's channels stay prunable; conv2's output goes into the opaque leaf and does not.
+    owners = {site.name: set(site.label_index.tolist()) for site in s.param_sites if site.dim == 0}
+    prunable = {label.index for label in s.labels}
+    assert owners["conv1.weight"] <= prunable
+    assert not owners["conv2.weight"] & prunable
+    with pytest.raises(TracingError, match="'odd'.*DataDependent"):
+        PruningIR(WithBranch(), soft_tracing=False)
+
+
+class Wrapper(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("by_type", [False, True])
+def test_leaf_modules_are_opaque(x, by_type):
+    model = Concat()
+    model.b = Wrapper(model.b)
+    leaf = Wrapper if by_type else model.b
+    s = PruningIR(model, leaf_modules=[leaf], example_input=x).snapshot()
+    owners = {site.name: set(site.label_index.tolist()) for site in s.param_sites if site.dim == 0}
+    prunable = {label.index for label in s.labels}
+    assert owners["c.0.weight"] <= prunable
+    assert not owners["a.0.weight"] & prunable
+    assert not any(name.startswith("b.") for name in owners)  # a leaf's parameters stay whole
+
+
+def test_bad_inputs(x):
+    with pytest.raises(TypeError, match="nn.Module"):
+        PruningIR("resnet")
+    with pytest.raises(ValueError, match="cannot run on the example input"):
+        PruningIR(Residual(), example_input=torch.randn(2, 5, 12, 12))
+    with pytest.raises(ValueError, match="no prunable channel"):
+        PruningIR(nn.Sequential(nn.Linear(4, 4)), example_input=torch.randn(1, 4))
