@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml requirements-dev.txt
 
 setup: $(STAMP)
 
+# dvc.yaml's commands call `python`: put the venv first on PATH so they get its packages.
 run: setup
-	$(VENV)/bin/dvc repro
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/dvc repro
 
 test: setup
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
