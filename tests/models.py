@@ -190,3 +190,24 @@ class SqueezeExcite(nn.Module):
 
 IMAGE_MODELS = [Residual, Concat, SplitChunk, Shuffle, Grouped, FlattenLinear, ChannelsLast, SqueezeExcite]
 TOKEN_MODELS = {Attention: (2, 5, 12), SDPA: (2, 5, 16)}
+
+
+class TorchAttention(nn.Module):
+    """A transformer block built on nn.MultiheadAttention (batch_first), as in torchvision's ViT."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, 32)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(32, 48), nn.GELU(), nn.Linear(48, 32))
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.embed(x)
+        y, _ = self.attn(x, x, x, need_weights=False)
+        x = x + y
+        x = x + self.mlp(x)
+        return self.head(x[:, 0])
+
+
+TOKEN_MODELS[TorchAttention] = (2, 5, 12)

@@ -16,6 +16,7 @@ from torch import fx, nn
 
 from ..rules import base
 from .space import ChannelSpace
+from .values import SizeOf
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,16 @@ class Context:
         """Block every channel id in a value."""
         if isinstance(value, np.ndarray):
             self.space.block(value)
+        elif isinstance(value, SizeOf):
+            self.block_value(value.ids)
         elif isinstance(value, (tuple, list)):
             for v in value:
                 self.block_value(v)
+
+    def internal(self, ids: np.ndarray) -> None:
+        """Declare channel ids that live inside a leaf module (attention features) as understood by
+        its rule, like ids that flow between nodes; unclaimed parameter ids are never pruned."""
+        self._flow.append(ids)
 
     def untracked(self, shape: Any) -> Any:
         """A value with no channels for the given recorded shape."""
@@ -150,6 +158,10 @@ class Context:
                 module = self.module(node) if node.op == "call_module" else None
                 rule = base.lookup(node, module)
                 value = rule.propagate(self, node)
+                if not rule.reads_sizes:
+                    for a in base.flatten_args((node.args, node.kwargs)):
+                        if isinstance(self.values.get(a) if isinstance(a, fx.Node) else None, SizeOf):
+                            self.block_value(self.values[a])
                 if value is None:
                     value = self.untracked(shape)
                 self._record_flow(value)

@@ -26,6 +26,9 @@ class Rule:
 
     #: True if ``rewrite`` must run on this node after pruning (it holds literal sizes).
     rewrites = False
+    #: True if the rule handles sizes read from tensors among its arguments (see ``SizeOf``);
+    #: otherwise the channels such sizes come from are blocked.
+    reads_sizes = False
 
     def propagate(self, ctx: "Context", node: fx.Node) -> Any:
         raise NotImplementedError

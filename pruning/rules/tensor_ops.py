@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from .base import Rule, arg, flatten_args, is_size, normalize_dim, register
+from ..channels.values import SizeOf
 from .common import broadcast, merge_in_groups, reshape, spatial
 
 # --------------------------------------------------------------------------------------------
@@ -31,12 +32,25 @@ _ELEMENTWISE_METHODS = [
 
 @register(*_ELEMENTWISE_FUNCTIONS, *_ELEMENTWISE_METHODS)
 class Elementwise(Rule):
-    """Broadcasting elementwise op: aligned channel dims of all tensor inputs are pruned together."""
+    """Broadcasting elementwise op: aligned channel dims of all tensor inputs are pruned together.
+
+    On plain numbers (sizes), the result remembers which channels the sizes were read from.
+    """
+
+    reads_sizes = True
 
     def propagate(self, ctx, node):
         out_shape = ctx.shape(node)
         if not is_size(out_shape):
-            return None
+            sources = [v for v in ctx.input_values(node) if isinstance(v, SizeOf)]
+            for v in ctx.input_values(node):
+                if not isinstance(v, SizeOf):
+                    ctx.block_value(v)
+            ids = tuple(i for v in sources for i in v.ids if i is not None)
+            return SizeOf(ids, True) if sources else None
+        for v in ctx.input_values(node):
+            if isinstance(v, SizeOf):
+                ctx.block_value(v)
         return broadcast(ctx, out_shape, ctx.tensor_inputs(node))
 
 
@@ -68,17 +82,35 @@ class Unary(Rule):
         return ctx.value(node.args[0]) if node.args else None
 
 
-@register("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "size", "dim", "numel",
-          "nelement", "element_size", builtins.getattr, torch.zeros, torch.ones, torch.empty,
-          torch.full, torch.arange, torch.randn, torch.rand, torch.tensor, torch.as_tensor)
+@register("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "dim", "element_size",
+          torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.randn, torch.rand,
+          torch.tensor, torch.as_tensor)
 class Independent(Rule):
-    """The output's shape does not follow the channels of any tensor input (sizes, new tensors)."""
+    """The output's shape does not follow the channels of any tensor input (new tensors)."""
 
     def propagate(self, ctx, node):
-        if node.target is builtins.getattr and node.args[1] not in ("shape", "dtype", "device", "ndim",
-                                                                     "is_cuda", "requires_grad"):
-            ctx.block_value(ctx.value(node.args[0]))
         return None
+
+
+@register("size", "numel", "nelement", builtins.getattr)
+class ReadSize(Rule):
+    """``x.shape``, ``x.size(d)``, ``x.numel()``: sizes that remember the channels they count."""
+
+    def propagate(self, ctx, node):
+        value = ctx.value(node.args[0])
+        if not isinstance(value, tuple):
+            return None
+        if node.target is builtins.getattr:
+            attribute = node.args[1]
+            if attribute == "shape":
+                return SizeOf(value, False)
+            if attribute not in ("dtype", "device", "ndim", "is_cuda", "requires_grad"):
+                ctx.block_value(value)
+            return None
+        if node.target == "size":
+            dim = arg(node, 1, "dim")
+            return SizeOf(value, False) if dim is None else SizeOf((value[dim],), True)
+        return SizeOf(value, True)  # numel
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,10 +126,13 @@ class Reshape(Rule):
     """
 
     rewrites = True
+    reads_sizes = True
 
     def propagate(self, ctx, node):
         x = node.args[0]
-        return reshape(ctx, ctx.value(x), ctx.shape(x), ctx.shape(node))
+        out = reshape(ctx, ctx.value(x), ctx.shape(x), ctx.shape(node))
+        _check_sizes(ctx, node, out)
+        return out
 
     def rewrite(self, rw, node):
         new, ids = rw.new_shape(node), rw.ids(node)
@@ -116,6 +151,25 @@ class Reshape(Rule):
             fixed = _fixed_sizes(sizes, new[dim:dim + len(sizes)], ids[dim:dim + len(sizes)])
             node.args = (node.args[0], dim, fixed)
             node.kwargs = {}
+
+
+def _size_items(node: fx.Node) -> list:
+    """The size arguments of a view/reshape/expand call, one per output dim."""
+    sizes = node.args[1:] or [node.kwargs.get("shape", node.kwargs.get("size", ()))]
+    return list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)) else list(sizes)
+
+
+def _check_sizes(ctx, node: fx.Node, out: tuple) -> None:
+    """Sizes read from tensors may only set output dims that hold channels (those are rewritten
+    after pruning); elsewhere the channels they were read from must not be pruned."""
+    name = node.target if isinstance(node.target, str) else node.target.__name__
+    items = _size_items(node) if name in ("view", "reshape", "expand", "broadcast_to") else \
+        flatten_args(node.args[1:]) + flatten_args(node.kwargs.values())
+    for position, item in enumerate(items):
+        value = ctx.value(item) if isinstance(item, fx.Node) else None
+        if isinstance(value, SizeOf) and not (name in ("view", "reshape", "expand", "broadcast_to")
+                                              and position < len(out) and out[position] is not None):
+            ctx.block_value(value)
 
 
 def _fixed_sizes(items, new_shape, ids) -> list:
@@ -163,6 +217,7 @@ class Expand(Rule):
     """Size-1 dims grow: the grown dims carry no channels of the input (nor of ``other``'s)."""
 
     rewrites = True
+    reads_sizes = True
 
     def propagate(self, ctx, node):
         x = node.args[0]
@@ -170,7 +225,9 @@ class Expand(Rule):
         inputs = [(value, shape)]
         if node.target == "expand_as":
             inputs.append((ctx.value(node.args[1]), ctx.shape(node.args[1])))
-        return broadcast(ctx, out_shape, inputs)
+        out = broadcast(ctx, out_shape, inputs)
+        _check_sizes(ctx, node, out)
+        return out
 
     def rewrite(self, rw, node):
         if node.target in ("expand", "broadcast_to") or node.target is torch.broadcast_to:
@@ -261,10 +318,16 @@ class GetItem(Rule):
     """
 
     rewrites = True
+    reads_sizes = True
 
     def propagate(self, ctx, node):
         src, index = node.args
         value, shape = ctx.value(src), ctx.shape(src)
+        if isinstance(value, SizeOf) and not value.scalar and isinstance(index, (int, slice)):
+            return SizeOf((value.ids[index],), True) if isinstance(index, int) else SizeOf(value.ids[index], False)
+        if isinstance(value, SizeOf):
+            ctx.block_value(value)
+            return None
         if not is_size(shape):  # container or non-tensor
             if isinstance(value, list) and isinstance(index, (int, slice)):
                 return value[index]
