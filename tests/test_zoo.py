@@ -1,0 +1,33 @@
+"""A representative part of the torchvision zoo: prune half of every group, run, stay exact.
+
+``benchmarks/zoo.py`` runs all 80 classification models; CI runs these.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from pruning import PruningIR
+from pruning.verify import equivalence_error, perturb
+
+SUBSET = ["resnet18", "mobilenet_v2", "shufflenet_v2_x0_5", "densenet121", "efficientnet_b0",
+          "vit_b_32", "swin_t", "convnext_tiny", "resnext50_32x4d", "maxvit_t"]
+
+
+@pytest.mark.parametrize("name", SUBSET)
+def test_zoo_model(name):
+    torch.manual_seed(0)
+    model = perturb(torchvision.models.get_model(name).eval())
+    x = torch.randn(1, 3, 224, 224)
+    ir = PruningIR(model, example_input=x)
+    s = ir.snapshot()
+    half = [label for group in s.groups for label in group[: len(group) // 2]]
+    assert len(half) > 0.3 * len(s.labels)
+    pruned = ir.prune(labels=half)
+    with torch.no_grad():
+        assert pruned.model(x).shape == (1, 1000)
+    before = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in pruned.model.parameters()) < 0.8 * before
+    exact = [label for label in half if not s.analysis.normalized[label.index]]
+    assert equivalence_error(ir, exact, x) < 1e-4
