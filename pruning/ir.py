@@ -110,6 +110,17 @@ class Snapshot:
     def param_sites(self) -> list[ParamSite]:
         return self.analysis.sites
 
+    def slices(self, label: Label) -> dict[str, list[tuple[int, np.ndarray]]]:
+        """The parameter and buffer elements ``label`` owns: name -> [(dim, indices along dim)]."""
+        if label.ir_uid != self.ir_uid or label.snapshot != self.name:
+            raise ValueError(f"{label!r} does not belong to snapshot {self.name!r} of this IR")
+        owned: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for site in self.analysis.sites:
+            index = np.flatnonzero(site.label_index == label.index)
+            if len(index):
+                owned.setdefault(site.name, []).append((site.dim, index))
+        return owned
+
 
 def _detach(value: Any) -> Any:
     if isinstance(value, torch.Tensor):

@@ -37,6 +37,18 @@ def test_labels_and_groups_cover_prunable_channels(x):
         assert len(site.label_index) == tensor[site.name].shape[site.dim]
 
 
+def test_label_knows_its_slices(x):
+    s = PruningIR(Residual(), example_input=x).snapshot()
+    inner = next(site for site in s.param_sites if site.name == "a.0.weight" and site.dim == 0)
+    label = s.label(inner.label_index[3])
+    owned = s.slices(label)
+    assert owned["a.0.weight"] == [(0, owned["a.0.weight"][0][1])]
+    assert owned["a.0.weight"][0][1].tolist() == [3]
+    assert set(owned) == {"a.0.weight", "a.1.weight", "a.1.bias", "a.1.running_mean",
+                          "a.1.running_var", "b.0.weight"}
+    assert owned["b.0.weight"][0][0] == 1
+
+
 def test_input_and_output_channels_are_unprunable(x):
     s = PruningIR(Residual(), example_input=x).snapshot()
     head = next(site for site in s.param_sites if site.name == "head.weight" and site.dim == 0)
