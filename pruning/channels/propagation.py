@@ -207,12 +207,12 @@ def _groups(label_of_id: np.ndarray, count: int, prunable: np.ndarray,
     keys = np.random.default_rng(0).integers(1, 2**62, size=len(arrays), dtype=np.int64).astype(np.uint64)
     labels = np.concatenate(arrays)
     places = np.concatenate([np.full(len(a), i, dtype=np.int64) for i, a in enumerate(arrays)])
-    pairs = np.unique(labels * len(arrays) + places)
+    pairs = np.sort(labels * len(arrays) + places)  # sort-based: np.unique hashes slowly here
+    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
     signature = np.zeros(count, dtype=np.uint64)
     np.add.at(signature, pairs // len(arrays), keys[pairs % len(arrays)])
-    _, inverse = np.unique(signature[candidates], return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+    order = np.argsort(signature[candidates], kind="stable")
+    bounds = np.flatnonzero(np.diff(signature[candidates][order])) + 1
     groups = np.split(candidates[order], bounds)
     groups.sort(key=lambda g: int(g[0]))
     return groups
