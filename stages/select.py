@@ -132,8 +132,8 @@ def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, summar
         f"# Selection: {method}",
         "",
         f"- labels pruned: {len(labels)} of {len(snapshot.labels)} prunable",
-        f"- {cost_name}: {baseline_cost:.6g} -> {pruned_cost:.6g} ({pruned_cost / baseline_cost:.1%} of baseline; "
-        f"target {target:.6g})",
+        f"- {cost_name} ({COST_FUNCTIONS[cost_name]}): {baseline_cost:.6g} -> {pruned_cost:.6g} "
+        f"({pruned_cost / baseline_cost:.1%} of baseline; target {target:.6g})",
     ]
     write_text(format_summary(layer_channels(ir.model, pruned), header), summary_path)
     print(f"select: {method} pruned {len(labels)} labels, {cost_name} {pruned_cost / baseline_cost:.1%} of baseline")
