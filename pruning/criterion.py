@@ -17,7 +17,7 @@ dead channel whose weights are all zero or whose activation is always zero.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -25,11 +25,15 @@ __all__ = ["LossAwareCriterion"]
 
 
 class _Site:
-    """One parameter of the snapshot model and the ``(dim, label_index)`` slicings it takes part in."""
+    """One parameter of the snapshot model and the slicings it takes part in.
+
+    Each slicing is ``(dims to sum over, label_index)``: summing ``g*w`` over every dim but the sliced
+    one leaves one value per slice, which ``label_index`` scatters onto its label.
+    """
 
     def __init__(self, param: torch.Tensor) -> None:
         self.param = param
-        self.slicings: list[tuple[int, torch.Tensor]] = []
+        self.slicings: list[tuple[list[int], torch.Tensor]] = []
 
 
 class LossAwareCriterion:
@@ -51,6 +55,7 @@ class LossAwareCriterion:
         self._sum_sq: torch.Tensor | None = None
         self._num_batches = 0
         self._active = False
+        self._hooked = False
 
     def __enter__(self) -> "LossAwareCriterion":
         if self._active:
@@ -68,7 +73,7 @@ class LossAwareCriterion:
             raise RuntimeError("call the collector inside its 'with LossAwareCriterion(ir) as collector:' block")
         self._fold_batch()
         out = self.snapshot.run(*args, **kwargs)
-        if not self._handles:  # labels exist only after the first (analysing) forward; backward comes later
+        if not self._hooked:  # labels exist only after the first (analysing) forward; backward comes later
             self._register_hooks()
         return out
 
@@ -92,7 +97,7 @@ class LossAwareCriterion:
                 handle.remove()
             self._handles.clear()
             self._batch, self._sum_sq = {}, None
-            self._active = False
+            self._active = self._hooked = False
 
     def _register_hooks(self) -> None:
         model = self.snapshot.model
@@ -104,12 +109,13 @@ class LossAwareCriterion:
                 continue
             site = sites.setdefault(id(param), _Site(param))
             index = torch.as_tensor(ps.label_index, dtype=torch.long, device=param.device)
-            site.slicings.append((ps.dim, index))
+            site.slicings.append(([d for d in range(param.dim()) if d != ps.dim], index))
         self._num_labels = self.snapshot.num_labels
         for site in sites.values():
             self._handles.append(site.param.register_hook(self._make_hook(site)))
+        self._hooked = True
 
-    def _make_hook(self, site: _Site):
+    def _make_hook(self, site: _Site) -> Callable[[torch.Tensor], None]:
         param = site.param
 
         def hook(grad: torch.Tensor) -> None:
@@ -118,8 +124,7 @@ class LossAwareCriterion:
                 acc = self._batch.get(gw.device)
                 if acc is None:
                     acc = self._batch[gw.device] = torch.zeros(self._num_labels, device=gw.device)
-                for dim, index in site.slicings:
-                    other = [d for d in range(gw.dim()) if d != dim]
+                for other, index in site.slicings:
                     per_slice = gw.sum(dim=other) if other else gw
                     acc.index_add_(0, index, per_slice.float())
 

@@ -12,6 +12,8 @@ the selector linearises it around an anchor selection and corrects with real mea
    selection.
 3. Prune, measure the real latency, and move the budget by a secant step on (budget, real latency) until
    the real latency lands in [0.98, 1.0] x target (aiming at 0.99) or ``max_iterations`` solves are done.
+4. Polish once: the landing was planned with costs measured at the anchor, possibly far away; re-measure
+   the costs at the landing and search again from there, which moves labels to where they now cost less.
 
 Large reductions go in steps (as the vendor's ``max_relative_latency_step=0.5``): while the target is
 below half the anchor latency, one solve aims at half of it and the result becomes the new anchor, whose
@@ -142,6 +144,9 @@ class KnapsackLabelSelector(LabelSelector):
         def kept_score(kept: tuple[int, ...]) -> float:
             return float(sum(group.kept_score[k] for group, k in zip(groups, kept)))
 
+        def kept_share(kept: tuple[int, ...]) -> float:
+            return kept_score(kept) / (kept_score(full) or 1.0)
+
         full = tuple(len(group.order) for group in groups)
         anchor, anchor_latency = full, measure(full)
         if anchor_latency <= target:
@@ -154,7 +159,7 @@ class KnapsackLabelSelector(LabelSelector):
                 f"or the ChannelsConstraint minimum) has latency {measure(minimal):.6g}; raise the target"
             )
         best = minimal
-        iteration = 0
+        iteration, polished = 0, False
         while iteration < self.max_iterations:
             started = time.perf_counter()
             costs = self._marginal_costs(groups, anchor, anchor_latency, measure)
@@ -162,12 +167,13 @@ class KnapsackLabelSelector(LabelSelector):
                       f"measured in {time.perf_counter() - started:.1f}s")
             final = anchor_latency * (1 - _MAX_RELATIVE_STEP) <= target
             goal = target * _AIM if final else anchor_latency * (1 - _MAX_RELATIVE_STEP)
-            search = _BudgetSearch(goal, anchor_latency, anchor_latency)
+            # Budget == anchor latency selects the anchor, except when polishing, where the solver reallocates.
+            search = _BudgetSearch(goal, *(() if polished else (anchor_latency, anchor_latency)))
             budget = goal
             while iteration < self.max_iterations:
                 iteration += 1
                 started = time.perf_counter()
-                kept, status = self._solve(groups, costs, anchor, anchor_latency, budget)
+                kept, status = self._solve(groups, costs, anchor, anchor_latency, budget, polished)
                 latency = measure(kept)
                 if latency <= target and kept_score(kept) > kept_score(best):
                     best = kept
@@ -176,7 +182,7 @@ class KnapsackLabelSelector(LabelSelector):
                                      "seconds": time.perf_counter() - started})
                 self._log(
                     f"iteration {iteration}: latency {latency:.6g} target {target:.6g} ({latency / target:.3f}) "
-                    f"kept score {kept_score(kept) / kept_score(full):.2%} solver {status} "
+                    f"kept score {kept_share(kept):.2%} solver {status} "
                     f"time {time.perf_counter() - started:.1f}s"
                 )
                 if not final or _LOW * target <= latency <= target:
@@ -185,11 +191,14 @@ class KnapsackLabelSelector(LabelSelector):
                 if budget is None:
                     self._log("no selection between the nearest budgets meets the window; stopping")
                     break
-            if final:
+            landed = final and _LOW * target <= latency <= target
+            if final and (polished or not landed):
                 break
-            anchor, anchor_latency = kept, measure(kept)
+            # A landing was solved with costs linearised far from it: re-linearise there once and re-solve.
+            polished = landed
+            anchor, anchor_latency = kept, latency
         self._log(f"selected: latency {measure(best):.6g} target {target:.6g} ({measure(best) / target:.3f}), "
-                  f"kept score {kept_score(best) / kept_score(full):.2%}")
+                  f"kept score {kept_share(best):.2%}")
         return sorted((label for group, k in zip(groups, best) for label in group.pruned(k)), key=lambda l: l.index)
 
     def _groups(self, snapshot: Any, scores: np.ndarray) -> list[_Group]:
@@ -224,14 +233,19 @@ class KnapsackLabelSelector(LabelSelector):
             costs[g] = max(0.0, (anchor_latency - measure(probe)) / delta_weight)
         return costs
 
-    def _solve(self, groups, costs, anchor, anchor_latency, budget) -> tuple[tuple[int, ...], str]:
-        """Multiple-choice knapsack: one kept count per group, linear latency estimate <= budget."""
+    def _solve(self, groups, costs, anchor, anchor_latency, budget, local) -> tuple[tuple[int, ...], str]:
+        """Multiple-choice knapsack: one kept count per group, linear latency estimate <= budget.
+
+        ``local`` keeps each count within the chunk used to measure its cost, where the linear estimate holds.
+        """
         total_score = sum(group.kept_score[-1] for group in groups) or 1.0
         prob = pulp.LpProblem("knapsack", pulp.LpMaximize)
         choices, value, weight = [], [], []
         minimum = 0.0
         for g, (group, cost, kept) in enumerate(zip(groups, costs, anchor)):
-            options = {k: prob.add_variable(f"g{g}_k{k}", cat=pulp.LpBinary) for k in group.counts}
+            reach = max(1.0, _CHUNK_FRACTION * kept) if local else math.inf
+            counts = [k for k in group.counts if abs(k - kept) <= reach]
+            options = {k: prob.add_variable(f"g{g}_k{k}", cat=pulp.LpBinary) for k in counts}
             prob += pulp.lpSum(options.values()) == 1
             delta = {k: cost * (group.kept_weight[k] - group.kept_weight[kept]) / anchor_latency for k in options}
             minimum += min(delta.values())
@@ -280,12 +294,13 @@ class _BudgetSearch:
     by at least a quarter), or extrapolate by secant from the last two points before a bracket exists.
     """
 
-    def __init__(self, goal: float, budget: float, latency: float) -> None:
+    def __init__(self, goal: float, *point: float) -> None:
         self.goal = goal
         self.low: tuple[float, float] | None = None
         self.high: tuple[float, float] | None = None
         self.last: list[tuple[float, float]] = []
-        self._add(budget, latency)
+        if point:
+            self._add(*point)
 
     def _add(self, budget: float, latency: float) -> None:
         if latency <= self.goal and (self.low is None or budget > self.low[0]):
