@@ -1,0 +1,303 @@
+"""Quality at equal cost: our selectors against Torch-Pruning's importances on the pipeline's digits models.
+
+    python benchmarks/quality.py [--targets 0.3 0.5 0.7] [--models default wide] [--quick]
+                                 [--json benchmarks/results/quality.json]
+
+Models (data: the pipeline's prepared digits split under data/prepared, settings from params.yaml):
+- ``default``: the pipeline's trained baseline (``artifacts/baseline.pt``, DigitsResNet width 32); trained
+  here with the pipeline's own loop if the file is missing;
+- ``wide``: the same factory with ``width: 64`` (4x the MACs), trained here with the pipeline's loop and
+  settings (``train.*``), cached in ``benchmarks/.cache/``.
+
+For each model and MACs target (fraction of the baseline's MACs, counted by ``pruning.latency.macs`` for
+every method), methods:
+- ours: ``LossAwareCriterion`` over ``calibrate.batches`` training batches (eval mode, BatchNorm statistics
+  restored, as the ``calibrate`` stage does), then the ``select`` stage's own selection
+  (``stages.select._select``): uniform and global bisect their ratio to meet the target, knapsack works
+  to it directly;
+- peer: Torch-Pruning ``MagnitudeImportance`` and ``TaylorImportance`` (loss gradients over the *same*
+  calibration batches), per layer (uniform) and global, ratio bisected to meet the same target
+  (``benchmarks/peer.py``).
+Every pruned model then gets the same budget as the ``finetune`` stage: BatchNorm re-estimation over
+``finetune.bn_batches`` batches and ``finetune.epochs`` epochs of the ``train`` optimizer, same seed and
+data order. Accuracy on the test split: right after pruning, after BatchNorm re-estimation, after
+fine-tuning. Latency (CPU, one thread): median over interleaved rounds of all models (each round: median
+of ``latency.repeats`` forward passes after ``latency.warmup``), at batch 1 (``latency.batch_size``) and 64.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import peer  # noqa: E402
+from pruning import PruningIR, latency  # noqa: E402
+from pruning.criterion import LossAwareCriterion  # noqa: E402
+from stages.calibrate import _batches  # noqa: E402
+from stages.data import load_split, make_loader, read_meta  # noqa: E402
+from stages.models import build_from_spec, build_model, load_checkpoint, model_spec  # noqa: E402
+from stages.params import Params  # noqa: E402
+from stages.select import _select  # noqa: E402
+from stages.training import accuracy, recalibrate_batchnorm, seed_everything, setup, train_epochs  # noqa: E402
+
+OURS = ("uniform", "global", "knapsack")
+PEER = tuple((imp, glob) for imp in peer.IMPORTANCES for glob in (False, True))
+CACHE = ROOT / "benchmarks" / ".cache"
+
+
+def method_name(tool: str, method) -> str:
+    if tool == "ours":
+        return f"ours {method} (loss-aware)"
+    imp, glob = method
+    return f"TP {imp} {'global' if glob else 'uniform'}"
+
+
+def load_params(overrides: dict | None = None) -> Params:
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return Params(data)
+
+
+def baseline(name: str, params: Params, data_dir: Path, device: torch.device) -> nn.Module:
+    """The trained model: the pipeline's baseline, or the wide variant trained with the pipeline's loop."""
+    meta = read_meta(data_dir)
+    spec = model_spec(params, meta)
+    if name == "default":
+        model, path = build_from_spec(spec), ROOT / "artifacts" / "baseline.pt"
+    elif name == "wide":
+        model = build_model("digits_resnet", {"width": 64}, spec["in_channels"], spec["num_classes"])
+        path = CACHE / "wide_baseline.pt"
+    else:
+        raise ValueError(f"unknown model {name!r} (default, wide)")
+    if path.exists():
+        load_checkpoint(model, str(path))
+        return model.eval()
+    seed_everything(params.get_int("seed"))
+    loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True,
+                         seed=params.get_int("seed"))
+    started = time.perf_counter()
+    train_epochs(model, loader, params, params.get_int("train.epochs"), device, desc=f"train {name}")
+    print(f"trained {name} in {time.perf_counter() - started:.0f}s", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def calibrate(ir: PruningIR, batches: list) -> None:
+    """What the calibrate stage does, in memory: LossAwareCriterion in eval mode, buffers restored."""
+    model = ir.snapshot("main").model
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    model.eval()
+    with LossAwareCriterion(ir) as collector:
+        for x, y in batches:
+            nn.functional.cross_entropy(collector(x), y).backward()
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(buffers[n])
+    model.zero_grad(set_to_none=True)
+
+
+def finetune(model: nn.Module, params: Params, data_dir: Path, device, test_loader, quick_epochs=None) -> dict:
+    seed = params.get_int("seed")
+    seed_everything(seed)
+    train_loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True, seed=seed)
+    result = {"acc_pruned": accuracy(model, test_loader, device)}
+    recalibrate_batchnorm(model, train_loader, device, params.get_int("finetune.bn_batches"))
+    result["acc_bn"] = accuracy(model, test_loader, device)
+    epochs = params.get_int("finetune.epochs") if quick_epochs is None else quick_epochs
+    started = time.perf_counter()
+    train_epochs(model, train_loader, params, epochs, device, desc="finetune")
+    result["finetune_s"] = time.perf_counter() - started
+    result["finetune_epochs"] = epochs
+    result["acc_finetuned"] = accuracy(model, test_loader, device)
+    model.eval()
+    return result
+
+
+def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, device, log=print) -> list[dict]:
+    """Every method at every target for one model; returns rows with the pruned (unfinetuned) models."""
+    model = baseline(name, params, data_dir, device)
+    seed = params.get_int("seed")
+    example = load_split(data_dir, "val").tensors[0][:1]
+    loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True, seed=seed)
+    seed_everything(seed)
+    batches = list(_batches(loader, params.get_int("calibrate.batches")))
+    cost = latency.macs(example)
+    base_macs = cost(model)
+    ir = PruningIR(copy.deepcopy(model), example_input=example)
+    calibrate(ir, batches)
+    rows = [{"model": name, "method": "baseline", "target": 1.0, "macs": base_macs, "pruned_model": model}]
+    for target in targets:
+        budget = target * base_macs
+        for method in OURS:
+            started = time.perf_counter()
+            row = {"model": name, "method": method_name("ours", method), "tool": "ours", "target": target}
+            try:
+                labels = _select(ir, params, method, cost, budget)
+                row["pruned_model"] = ir.prune(labels=labels).model
+            except Exception as error:  # noqa: BLE001 - the table reports failures
+                row["error"] = f"{type(error).__name__}: {error}"
+            row["select_s"] = time.perf_counter() - started
+            rows.append(row)
+            log(f"  {name} {target:.0%} {row['method']}: {row.get('error', 'ok')} ({row['select_s']:.1f}s)")
+        for imp, glob in PEER:
+            started = time.perf_counter()
+            row = {"model": name, "method": method_name("peer", (imp, glob)), "tool": "peer", "target": target}
+            try:
+                pruned, ratio = peer.prune_to_cost(
+                    model, example, cost, budget, num_classes=10, importance_name=imp, global_pruning=glob,
+                    calibration=batches if imp == "taylor" else None)
+                row["pruned_model"], row["ratio"] = pruned.eval(), ratio
+            except Exception as error:  # noqa: BLE001
+                row["error"] = f"{type(error).__name__}: {error}"
+            row["select_s"] = time.perf_counter() - started
+            rows.append(row)
+            log(f"  {name} {target:.0%} {row['method']}: {row.get('error', 'ok')} ({row['select_s']:.1f}s)")
+    for row in rows:
+        if "pruned_model" in row:
+            row["macs"] = cost(row["pruned_model"])
+            row["params"] = sum(p.numel() for p in row["pruned_model"].parameters())
+    return rows
+
+
+def measure_latency(rows: list[dict], example: torch.Tensor, params: Params, rounds: int, batches=(1, 64)) -> None:
+    """Interleaved rounds over all models: each round measures every model once per batch size."""
+    warmup, repeats = params.get_int("latency.warmup"), params.get_int("latency.repeats")
+    samples = {(id(r), b): [] for r in rows if "pruned_model" in r for b in batches}
+    for _ in range(rounds):
+        for b in batches:
+            measure = latency.measured_latency(example[:1].expand(b, *example.shape[1:]).contiguous(),
+                                               warmup=warmup, repeats=repeats)
+            for r in rows:
+                if "pruned_model" in r:
+                    samples[(id(r), b)].append(measure(r["pruned_model"]))
+    for r in rows:
+        if "pruned_model" in r:
+            for b in batches:
+                r[f"latency_b{b}_ms"] = statistics.median(samples[(id(r), b)])
+
+
+def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=print) -> list[dict]:
+    warnings.filterwarnings("ignore")
+    overrides = {}
+    if quick:
+        overrides = {"finetune.epochs": 2, "calibrate.batches": 5, "latency.repeats": 20, "select.max_iterations": 5}
+    params = load_params(overrides)
+    _, device = setup(params)
+    data_dir = ROOT / "data" / "prepared"
+    if not (data_dir / "meta.json").exists():
+        raise SystemExit("data/prepared is missing: run `make run` (or `.venv/bin/dvc repro prepare`) first")
+    test_loader = make_loader(load_split(data_dir, "test"), 256, shuffle=False, seed=0)
+    example = load_split(data_dir, "val").tensors[0][:1]
+    rows = []
+    for name in models:
+        log(f"{name}: selecting")
+        model_rows = prune_all(name, targets, params, data_dir, device, log=log)
+        measure_latency(model_rows, example, params, rounds)
+        base = model_rows[0]
+        for r in model_rows:
+            if "pruned_model" not in r:
+                continue
+            for b in (1, 64):
+                r[f"latency_ratio_b{b}"] = r[f"latency_b{b}_ms"] / base[f"latency_b{b}_ms"]
+            r["macs_ratio"] = r["macs"] / base["macs"]
+            tuned = copy.deepcopy(r["pruned_model"])
+            if r["method"] == "baseline":
+                r.update({"acc_pruned": accuracy(tuned, test_loader, device)})
+                r["acc_bn"] = r["acc_finetuned"] = r["acc_pruned"]
+            else:
+                r.update(finetune(tuned, params, data_dir, device, test_loader))
+                log(f"  {name} {r['target']:.0%} {r['method']}: MACs {r['macs_ratio']:.3f}, acc {r['acc_pruned']:.3f} -> "
+                    f"{r['acc_bn']:.3f} (BN) -> {r['acc_finetuned']:.3f}")
+        rows += model_rows
+    for r in rows:
+        r.pop("pruned_model", None)
+    return rows
+
+
+def _best(rows: list[dict], key: str) -> dict:
+    """(model, target) -> best value of key among all methods."""
+    best = {}
+    for r in rows:
+        if r["method"] != "baseline" and key in r:
+            k = (r["model"], r["target"])
+            best[k] = max(best.get(k, -1.0), r[key])
+    return best
+
+
+def markdown(rows: list[dict]) -> str:
+    """One table per model; a method's cell is bold when it is the best at that target (ties included)."""
+    best_pruned, best_ft = _best(rows, "acc_pruned"), _best(rows, "acc_finetuned")
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        out += [f"#### {model}", "",
+                "| target | method | MACs (ratio) | params | latency b1 ms (ratio) | latency b64 ms (ratio) "
+                "| acc. pruned | acc. after BN re-est. | acc. fine-tuned | verdict |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["model"] == model):
+            label = "100%" if r["method"] == "baseline" else f"{r['target']:.0%}"
+            if "error" in r:
+                out.append(f"| {label} | {r['method']} | **error**: {r['error'][:150]} | | | | | | | |")
+                continue
+            k = (r["model"], r["target"])
+            bold = lambda v, best: f"**{v:.3f}**" if best is not None and v >= best - 1e-12 else f"{v:.3f}"  # noqa: E731
+            verdict = ""
+            if r["method"] != "baseline":
+                verdict_parts = []
+                if r.get("tool") == "ours":
+                    peer_rows = [p for p in rows if p.get("tool") == "peer" and (p["model"], p["target"]) == k and "error" not in p]
+                    if peer_rows:
+                        best_peer_ft = max(p["acc_finetuned"] for p in peer_rows)
+                        best_peer_pr = max(p["acc_pruned"] for p in peer_rows)
+                        verdict_parts.append("fine-tuned: " + ("**loses** to best TP" if r["acc_finetuned"] < best_peer_ft
+                                                               else "ties best TP" if r["acc_finetuned"] == best_peer_ft else "beats best TP"))
+                        verdict_parts.append("pruned: " + ("**loses**" if r["acc_pruned"] < best_peer_pr
+                                                           else "ties" if r["acc_pruned"] == best_peer_pr else "beats"))
+                verdict = "; ".join(verdict_parts)
+            out.append(
+                f"| {label} | {r['method']} | {r['macs']:.3g} ({r['macs_ratio']:.3f}) | {r['params']:,} | "
+                f"{r['latency_b1_ms']:.3f} ({r['latency_ratio_b1']:.2f}) | {r['latency_b64_ms']:.2f} ({r['latency_ratio_b64']:.2f}) | "
+                f"{bold(r['acc_pruned'], best_pruned.get(k) if r['method'] != 'baseline' else None)} | "
+                f"{r['acc_bn']:.3f} | "
+                f"{bold(r['acc_finetuned'], best_ft.get(k) if r['method'] != 'baseline' else None)} | {verdict} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", default=["default", "wide"], choices=["default", "wide"])
+    parser.add_argument("--targets", nargs="*", type=float, default=[0.3, 0.5, 0.7])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds (median)")
+    parser.add_argument("--quick", action="store_true",
+                        help="default model, 50%% only, 2 fine-tuning epochs, 5 calibration batches, 2 latency rounds")
+    parser.add_argument("--json", type=Path, help="write the rows as JSON")
+    args = parser.parse_args()
+    models, targets, rounds = (["default"], [0.5], 2) if args.quick else (args.models, args.targets, args.rounds)
+    rows = run(models, targets, args.quick, rounds, log=lambda s: print(s, flush=True))
+    print(markdown(rows))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
