@@ -1,0 +1,370 @@
+"""Regenerate BENCHMARKS.md and benchmarks/figures/*.png: coverage, tool speed, quality at equal cost and
+realised latency, ours against Torch-Pruning 1.6.1, all on this machine.
+
+    python benchmarks/run_all.py [--quick] [--reuse coverage speed quality] [--out BENCHMARKS.md]
+
+Each part runs as its own script in a subprocess (``benchmarks/coverage.py``, ``speed.py`` with
+``--calibration``, ``quality.py``), writing JSON under ``benchmarks/results/``; ``--reuse PART`` takes that
+JSON from an earlier run instead of running the part again (BENCHMARKS.md then says so, with the date of
+the file). ``--quick`` passes ``--quick`` to every part (minutes instead of about an hour) and writes to
+``BENCHMARKS.quick.md`` unless ``--out`` is given. ``make bench`` runs this script without flags.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results"
+FIGURES = BENCH / "figures"
+sys.path.insert(0, str(BENCH))
+import coverage as coverage_part  # noqa: E402
+import quality as quality_part  # noqa: E402
+import speed as speed_part  # noqa: E402
+
+PY = ".venv/bin/python"
+
+
+def part_commands(quick: bool) -> dict[str, list[str]]:
+    q = ["--quick"] if quick else []
+    return {
+        "coverage": ["benchmarks/coverage.py", *q, "--timeout", "600", "--jobs", "2",
+                     "--json", "benchmarks/results/coverage.json"],
+        "speed": ["benchmarks/speed.py", *q, "--repeats", "5", "--calibration", "--json", "benchmarks/results/speed.json"],
+        "quality": ["benchmarks/quality.py", *q, "--json", "benchmarks/results/quality.json"],
+    }
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        memory = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        memory = float("nan")
+    from importlib.metadata import version
+
+    import torch
+    import torchvision
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "os": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "torch_pruning": version("torch-pruning")}
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# ---------------------------------------------------------------- figures
+
+
+def figures(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    written = []
+    rows = [r for r in quality_rows if "error" not in r]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "baseline"))
+    colors = {m: plt.cm.tab10(i) for i, m in enumerate(methods)}
+    markers = {0.3: "v", 0.5: "o", 0.7: "^"}
+    if rows:
+        fig, axes = plt.subplots(2, len(models), figsize=(max(12, 6.5 * len(models)), 9), squeeze=False)
+        for col, model in enumerate(models):
+            base = next(r for r in rows if r["model"] == model and r["method"] == "baseline")
+            for row_i, key, title in ((0, "acc_finetuned", "after fine-tuning"), (1, "acc_pruned", "right after pruning")):
+                ax = axes[row_i][col]
+                for r in rows:
+                    if r["model"] != model or r["method"] == "baseline":
+                        continue
+                    ours = r.get("tool") == "ours"
+                    ax.scatter(r["latency_b1_ms"], r[key], s=60, marker=markers.get(r["target"], "o"),
+                               facecolors=colors[r["method"]] if ours else "none", edgecolors=colors[r["method"]],
+                               linewidths=1.8)
+                ax.axvline(base["latency_b1_ms"], color="grey", ls=":", lw=1)
+                ax.axhline(base[key], color="grey", ls=":", lw=1)
+                ax.set_title(f"{model}: accuracy {title}")
+                ax.set_xlabel("measured CPU latency, batch 1 (ms)")
+                ax.set_ylabel("test accuracy")
+                ax.grid(alpha=0.3)
+        handles = [plt.Line2D([], [], ls="", marker="s", markersize=9,
+                              markerfacecolor=colors[m] if m.startswith("ours") else "none",
+                              markeredgecolor=colors[m], label=m) for m in methods]
+        handles += [plt.Line2D([], [], ls="", marker=mk, color="k", markerfacecolor="none", label=f"{t:.0%} MACs target")
+                    for t, mk in markers.items()]
+        fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False)
+        fig.suptitle("Accuracy vs measured latency (filled: ours, hollow: Torch-Pruning; dotted: unpruned)")
+        fig.tight_layout(rect=(0, 0.08, 1, 0.96))
+        path = FIGURES / "accuracy_vs_latency.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        for ax, b in zip(axes, (1, 64)):
+            for r in rows:
+                if r["method"] == "baseline":
+                    continue
+                ours = r.get("tool") == "ours"
+                ax.scatter(r["macs_ratio"], r[f"latency_ratio_b{b}"], s=50,
+                           marker="o" if r["model"] == models[0] else "D",
+                           facecolors=colors[r["method"]] if ours else "none", edgecolors=colors[r["method"]])
+            ax.plot([0, 1.05], [0, 1.05], color="grey", ls="--", lw=1, label="latency ratio = MACs ratio")
+            ax.set_xlim(0, 1.05)
+            ax.set_ylim(0, max(1.3, max(r[f"latency_ratio_b{b}"] for r in rows) * 1.05))
+            ax.set_xlabel("MACs ratio (pruned / unpruned)")
+            ax.set_ylabel("measured latency ratio")
+            ax.set_title(f"batch {b} (circles: {models[0]}" + (f", diamonds: {models[1]})" if len(models) > 1 else ")"))
+            ax.grid(alpha=0.3)
+        fig.legend(handles=handles[: len(methods)], loc="lower center", ncol=4, frameon=False)
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        path = FIGURES / "latency_vs_macs.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    if speed_rows:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        names = [r["model"] for r in speed_rows]
+        xs = range(len(names))
+        w = 0.38
+        ax.bar([x - w / 2 for x in xs], [r["ours_build_wall"] for r in speed_rows], w, color="tab:blue", label="ours: IR build")
+        ax.bar([x - w / 2 for x in xs], [r["ours_prune_wall"] for r in speed_rows], w, color="lightsteelblue",
+               bottom=[r["ours_build_wall"] for r in speed_rows], label="ours: select + prune")
+        ax.bar([x + w / 2 for x in xs], [r["peer_build_wall"] for r in speed_rows], w, color="tab:orange", label="TP: DependencyGraph build")
+        ax.bar([x + w / 2 for x in xs], [r["peer_prune_wall"] for r in speed_rows], w, color="navajowhite",
+               bottom=[r["peer_build_wall"] for r in speed_rows], label="TP: pruning step")
+        ax.set_xticks(list(xs), names)
+        ax.set_ylabel("seconds (median, wall clock)")
+        ax.set_title("Tool speed at 50% uniform pruning, one thread")
+        ax.legend()
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = FIGURES / "tool_speed.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return [str(p.relative_to(ROOT)) for p in written]
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def coverage_section(rows: list[dict]) -> tuple[str, list[str]]:
+    losses = []
+    only_peer = [r["model"] for r in rows if not r["ours"]["ok"] and r["peer"]["ok"]]
+    only_ours = [r["model"] for r in rows if r["ours"]["ok"] and not r["peer"]["ok"]]
+    both = [r["model"] for r in rows if not r["ours"]["ok"] and not r["peer"]["ok"]]
+    for r in rows:
+        if not r["ours"]["ok"]:
+            losses.append(f"coverage: **{r['model']}** fails with us: `{r['ours']['error']}`"
+                          + (" (Torch-Pruning: ok)" if r["peer"]["ok"] else " (Torch-Pruning fails too)"))
+    text = [coverage_part.markdown(rows), "",
+            f"- only we prune: {', '.join(only_ours) or 'none'}",
+            f"- only Torch-Pruning prunes: {', '.join(only_peer) or 'none'}",
+            f"- neither: {', '.join(both) or 'none'}"]
+    return "\n".join(text), losses
+
+
+def speed_section(result: dict) -> tuple[str, list[str]]:
+    rows = result["rows"]
+    losses = []
+    for r in rows:
+        if r["ratio_wall"] > 0.5:
+            losses.append(f"speed: **{r['model']}** ours/peer = {r['ratio_wall']:.2f} (wall), {r['ratio_cpu']:.2f} (CPU time): "
+                          + ("slower than Torch-Pruning" if r["ratio_wall"] > 1 else "faster, but misses the 'at most half' target"))
+    text = [speed_part.markdown(rows)]
+    if rows:
+        text += ["", f"Median ratio over the {len(rows)} models: **{statistics.median(r['ratio_wall'] for r in rows):.2f}** "
+                 f"(wall), {statistics.median(r['ratio_cpu'] for r in rows):.2f} (CPU time). Target: at most 0.5."]
+    if "calibration" in result:
+        text += ["", "**Calibration overhead** (`LossAwareCriterion` step vs plain forward+backward, "
+                 "from `benchmarks/criterion_overhead.py`, run as:", f"`{result['calibration_command']}`):", "",
+                 "```", result["calibration"], "```"]
+    return "\n".join(text), losses
+
+
+def quality_losses(rows: list[dict]) -> list[str]:
+    losses = []
+    keys = dict.fromkeys((r["model"], r["target"]) for r in rows if r["method"] != "baseline")
+    for model, target in keys:
+        group = [r for r in rows if (r["model"], r["target"]) == (model, target) and "error" not in r]
+        ours = [r for r in group if r.get("tool") == "ours"]
+        peer = [r for r in group if r.get("tool") == "peer"]
+        if not ours or not peer:
+            continue
+        for key, what in (("acc_finetuned", "after fine-tuning"), ("acc_pruned", "right after pruning")):
+            best_ours = max(ours, key=lambda r: r[key])
+            best_peer = max(peer, key=lambda r: r[key])
+            if best_ours[key] < best_peer[key]:
+                losses.append(f"quality: **{model} at {target:.0%} MACs, {what}**: our best {best_ours[key]:.3f} "
+                              f"({best_ours['method']}) < {best_peer[key]:.3f} ({best_peer['method']})")
+    for r in rows:
+        if r.get("tool") == "ours" and "error" in r:
+            losses.append(f"quality: {r['model']} {r['target']:.0%} {r['method']} failed: `{r['error']}`")
+    return losses
+
+
+def latency_section(rows: list[dict]) -> str:
+    lines = ["| model | target | method | MACs ratio | latency ratio b1 | latency ratio b64 | b1 ratio / MACs ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["method"] == "baseline" or "error" in r:
+            continue
+        lines.append(f"| {r['model']} | {r['target']:.0%} | {r['method']} | {r['macs_ratio']:.3f} | "
+                     f"{r['latency_ratio_b1']:.2f} | {r['latency_ratio_b64']:.2f} | {r['latency_ratio_b1'] / r['macs_ratio']:.2f} |")
+    by_tool = {}
+    for r in rows:
+        if r.get("tool") and "error" not in r:
+            by_tool.setdefault(r["tool"], []).append(r)
+    summary = []
+    for tool, rs in by_tool.items():
+        summary.append(f"{'ours' if tool == 'ours' else 'Torch-Pruning'}: median latency ratio / MACs ratio "
+                       f"{statistics.median(r['latency_ratio_b1'] / r['macs_ratio'] for r in rs):.2f} at batch 1, "
+                       f"{statistics.median(r['latency_ratio_b64'] / r['macs_ratio'] for r in rs):.2f} at batch 64")
+    return "\n".join(lines + [""] + [f"- {s}" for s in summary])
+
+
+def write_markdown(out: Path, info: dict, results: dict, figs: list[str], commands: dict, reused: dict,
+                   wall: float, quick: bool) -> None:
+    m = info["machine"]
+    losses = []
+    parts = []
+    cov_text = speed_text = None
+    if "coverage" in results:
+        cov_text, more = coverage_section(results["coverage"])
+        losses += more
+    if "speed" in results:
+        speed_text, more = speed_section(results["speed"])
+        losses += more
+    if "quality" in results:
+        losses += quality_losses(results["quality"])
+
+    head = [
+        "# Benchmarks: ours vs Torch-Pruning 1.6.1" + (" (quick run)" if quick else ""), "",
+        f"Generated {info['date']} by `benchmarks/run_all.py` in {wall / 60:.0f} min.", "",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB RAM, {m['os']}; shared with other "
+        f"jobs (load average at start {info['load_start']}, at end {info['load_end']}), so every timing interleaves "
+        "the two tools and reports medians and ratios",
+        f"- software: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, torch-pruning "
+        f"{m['torch_pruning']}; CPU only, one torch thread per process",
+        "", "## Commands", "", "```bash", "make bench    # = .venv/bin/pip install -e '.[bench]' && .venv/bin/python benchmarks/run_all.py",
+    ]
+    for name, cmd in commands.items():
+        note = f"   # reused from {reused[name]}" if name in reused else ""
+        head.append(f"{PY} {' '.join(cmd)}{note}")
+    head += ["```", ""]
+
+    summary = ["## Headlines", ""]
+    if "coverage" in results:
+        rows = results["coverage"]
+        summary.append(f"- **Coverage** (torchvision zoo, 50% uniform, classifier kept): ours "
+                       f"**{sum(r['ours']['ok'] for r in rows)}/{len(rows)}**, Torch-Pruning "
+                       f"**{sum(r['peer']['ok'] for r in rows)}/{len(rows)}** models prune and run.")
+    if "speed" in results and results["speed"]["rows"]:
+        rows = results["speed"]["rows"]
+        summary.append(f"- **Tool speed** (build + prune, ours/peer, median over models): "
+                       f"**{statistics.median(r['ratio_wall'] for r in rows):.2f}x** wall, "
+                       f"{statistics.median(r['ratio_cpu'] for r in rows):.2f}x CPU time; per model: "
+                       + ", ".join(f"{r['model']} {r['ratio_wall']:.2f}" for r in rows) + " (target <= 0.5).")
+    if "quality" in results:
+        q = results["quality"]
+        keys = list(dict.fromkeys((r["model"], r["target"]) for r in q if r["method"] != "baseline"))
+        won_ft = won_pr = 0
+        for k in keys:
+            g = [r for r in q if (r["model"], r["target"]) == k and "error" not in r]
+            o = [r["acc_finetuned"] for r in g if r.get("tool") == "ours"]
+            p = [r["acc_finetuned"] for r in g if r.get("tool") == "peer"]
+            op = [r["acc_pruned"] for r in g if r.get("tool") == "ours"]
+            pp = [r["acc_pruned"] for r in g if r.get("tool") == "peer"]
+            won_ft += bool(o and p and max(o) >= max(p))
+            won_pr += bool(op and pp and max(op) >= max(pp))
+        summary.append(f"- **Quality at equal MACs**: our best method matches or beats Torch-Pruning's best at "
+                       f"**{won_ft}/{len(keys)}** (model, budget) points after fine-tuning and **{won_pr}/{len(keys)}** "
+                       "right after pruning (test accuracy; see the tables for which of our selectors).")
+        summary.append("- **Latency realised**: " + latency_section(q).rsplit("\n\n", 1)[-1].replace("\n- ", "; ").lstrip("- ") + ".")
+    summary += ["", "### Where we lose", ""] + ([f"- {line}" for line in losses] or ["- nowhere in this run"]) + [""]
+
+    body = []
+    if cov_text:
+        body += ["## 1. Coverage", "", coverage_part.__doc__.split("\n\n", 2)[2].strip(), "", cov_text, ""]
+    if speed_text:
+        body += ["## 2. Tool speed", "", speed_part.__doc__.split("\n\n", 2)[2].strip(), "", speed_text, ""]
+    if "quality" in results:
+        body += ["## 3. Quality at equal cost", "", quality_part.__doc__.split("\n\n", 2)[2].strip(), "",
+                 "Bold: best accuracy at that (model, target) among all methods (ties: all bold). 'verdict' compares "
+                 "each of our rows with the best Torch-Pruning row at the same target. The test split has "
+                 f"{info.get('test_size', '?')} images, so one image is {1 / info['test_size'] if info.get('test_size') else float('nan'):.4f} "
+                 "of accuracy: differences of one or two images after fine-tuning are noise, not a ranking.", "",
+                 quality_part.markdown(results["quality"]), "",
+                 "## 4. Latency realised", "",
+                 "Measured CPU latency ratio (pruned / unpruned, same model) against MACs ratio, per pruned model. "
+                 "Our pruned models are `torch.fx.GraphModule`s, the peer's are the original module classes.", "",
+                 latency_section(results["quality"]), ""]
+    if figs:
+        body += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + [""]
+    out.write_text("\n".join(head + summary + body))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="pass --quick to every part")
+    parser.add_argument("--reuse", nargs="*", default=[], choices=["coverage", "speed", "quality"],
+                        help="use benchmarks/results/PART.json from an earlier run instead of running PART")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["coverage", "speed", "quality"], help="leave PART out")
+    parser.add_argument("--out", type=Path, help="default: BENCHMARKS.md (BENCHMARKS.quick.md with --quick)")
+    args = parser.parse_args()
+    out = args.out or ROOT / ("BENCHMARKS.quick.md" if args.quick else "BENCHMARKS.md")
+    started = time.perf_counter()
+    info = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+            "load_start": load_average()}
+    commands = {k: v for k, v in part_commands(args.quick).items() if k not in args.skip}
+    results, reused = {}, {}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name, cmd in commands.items():
+        path = RESULTS / f"{name}.json"
+        if name in args.reuse:
+            if not path.exists():
+                raise SystemExit(f"--reuse {name}: {path} does not exist")
+            reused[name] = f"{path.relative_to(ROOT)} ({dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc):%Y-%m-%d %H:%M UTC})"
+        else:
+            print(f"== {name}: {PY} {' '.join(cmd)}", flush=True)
+            subprocess.run([sys.executable, *cmd], cwd=ROOT, check=True)
+        results[name] = json.loads(path.read_text())
+    info["load_end"] = load_average()
+    try:
+        sys.path.insert(0, str(ROOT))
+        from stages.data import load_split
+
+        info["test_size"] = len(load_split(ROOT / "data" / "prepared", "test"))
+    except Exception:  # noqa: BLE001 - only used for a sentence
+        pass
+    figs = figures(results.get("quality", []), results.get("speed", {}).get("rows", []))
+    write_markdown(out, info, results, figs, commands, reused, time.perf_counter() - started, args.quick)
+    print(f"wrote {out.relative_to(ROOT)} and {', '.join(figs)}")
+
+
+if __name__ == "__main__":
+    main()
