@@ -136,6 +136,12 @@ def test_knapsack_lands_within_two_percent_below_target(ir, flops, fraction):
     assert all(len(chosen) < len(g) for g, chosen in zip(ir.snapshot().groups, by_group(ir, selected)))
 
 
+def test_knapsack_free_label_order_lands(ir, flops):
+    target = 0.5 * flops(ir.model)
+    selected = KnapsackLabelSelector(target, flops, strict_label_order=False, verbose=False).select(ir)
+    assert 0.98 * target <= flops(ir.prune(labels=selected).model) <= target
+
+
 def test_knapsack_keeps_at_least_uniform_score(ir, flops):
     scores = ir.snapshot().scores
     uniform = UniformLabelSelector(0.5).select(ir)

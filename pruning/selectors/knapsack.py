@@ -230,7 +230,8 @@ class KnapsackLabelSelector(LabelSelector):
                 other = kept + max(1, round(_CHUNK_FRACTION * (size - kept)))
             probe = anchor[:g] + (other,) + anchor[g + 1:]
             delta_weight = group.kept_weight[kept] - group.kept_weight[other]
-            costs[g] = max(0.0, (anchor_latency - measure(probe)) / delta_weight)
+            if delta_weight != 0:  # zero only for a chunk of labels that own no tensor element
+                costs[g] = max(0.0, (anchor_latency - measure(probe)) / delta_weight)
         return costs
 
     def _solve(self, groups, costs, anchor, anchor_latency, budget, local) -> tuple[tuple[int, ...], str]:
