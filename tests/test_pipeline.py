@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -176,3 +177,12 @@ def test_killed_stage_then_repro_completes(tmp_path):
     load_pickled(repo / "artifacts/ir_calibrated.pt", object)
     load_bundle(repo / "artifacts/finetuned", safe=True)
     json.loads((repo / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_exp_run_sets_parameters(tmp_path):
+    repo, env = _make_repo(tmp_path, TINY)
+    _dvc(repo, env, "exp", "run", "-n", "uniform-60", "-S", "select.method=uniform", "-S", "select.target=0.6")
+    assert json.loads((repo / "metrics.json").read_text())["ratio"]["macs"] <= 0.6
+    table = _dvc(repo, env, "exp", "show", "--csv")
+    assert "uniform-60" in table and "uniform" in table
