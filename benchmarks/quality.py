@@ -194,7 +194,10 @@ def measure_latency(rows: list[dict], example: torch.Tensor, params: Params, rou
                 r[f"latency_b{b}_ms"] = statistics.median(samples[(id(r), b)])
 
 
-def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=print) -> list[dict]:
+def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=print, save=None,
+        done: list[dict] | None = None) -> list[dict]:
+    """All models; ``save(rows)`` after each model; models already in ``done`` (rows of an earlier run)
+    are kept as they are and not run again."""
     warnings.filterwarnings("ignore")
     overrides = {}
     if quick:
@@ -208,6 +211,11 @@ def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=p
     example = load_split(data_dir, "val").tensors[0][:1]
     rows = []
     for name in models:
+        earlier = [r for r in done or [] if r["model"] == name]
+        if earlier:
+            log(f"{name}: kept from the earlier run")
+            rows += earlier
+            continue
         log(f"{name}: selecting")
         model_rows = prune_all(name, targets, params, data_dir, device, log=log)
         measure_latency(model_rows, example, params, rounds)
@@ -226,9 +234,11 @@ def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=p
                 r.update(finetune(tuned, params, data_dir, device, test_loader))
                 log(f"  {name} {r['target']:.0%} {r['method']}: MACs {r['macs_ratio']:.3f}, acc {r['acc_pruned']:.3f} -> "
                     f"{r['acc_bn']:.3f} (BN) -> {r['acc_finetuned']:.3f}")
+        for r in model_rows:
+            r.pop("pruned_model", None)
         rows += model_rows
-    for r in rows:
-        r.pop("pruned_model", None)
+        if save is not None:
+            save(rows)
     return rows
 
 
@@ -289,14 +299,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds (median)")
     parser.add_argument("--quick", action="store_true",
                         help="default model, 50%% only, 2 fine-tuning epochs, 5 calibration batches, 2 latency rounds")
-    parser.add_argument("--json", type=Path, help="write the rows as JSON")
+    parser.add_argument("--json", type=Path, help="write the rows as JSON (after every model)")
+    parser.add_argument("--resume", action="store_true", help="keep the models already in --json, run the rest")
     args = parser.parse_args()
     models, targets, rounds = (["default"], [0.5], 2) if args.quick else (args.models, args.targets, args.rounds)
-    rows = run(models, targets, args.quick, rounds, log=lambda s: print(s, flush=True))
+
+    def save(rows: list[dict]) -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=1))
+
+    done = json.loads(args.json.read_text()) if args.resume and args.json and args.json.exists() else None
+    rows = run(models, targets, args.quick, rounds, log=lambda s: print(s, flush=True), save=save, done=done)
     print(markdown(rows))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
