@@ -13,6 +13,11 @@ layer: no per-layer normalisation is applied, because one would rescale a real l
 the cross-layer comparison that global and knapsack selection rely on. Only parameters contribute
 (buffers have no gradient); a label owning no parameter with a gradient scores exactly 0, and so does a
 dead channel whose weights are all zero or whose activation is always zero.
+
+Cost: per backward, one ``g*w`` product, one reduction per slicing and one ``index_add_`` per parameter,
+about the memory traffic of an optimizer step. ``benchmarks/criterion_overhead.py`` (CPU, 2 threads,
+batch 8, median of 5, process CPU time, Nov 2026): calibration step / plain forward+backward = 1.06 on
+resnet50 and 0.97 on vit_b_16, i.e. within the noise of a shared machine and under the 1.2x budget.
 """
 from __future__ import annotations
 
