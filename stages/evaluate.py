@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from torch import nn
 
 from stages.artifacts import load_state_dict, write_json
 from stages.bundle import ARCHITECTURE_FILE, WEIGHTS_FILE, load_bundle
@@ -22,6 +25,18 @@ from stages.plots import channels_figure, tradeoff_figure
 from stages.report import layer_channels
 from stages.tracking import dvc_stage_tags, environment_tags, git_tags, log_pipeline_run
 from stages.training import accuracy, setup
+
+_LATENCY_ROUNDS = 3
+
+
+def _interleaved_latency(measure: Callable[[nn.Module], float], models: dict[str, nn.Module]) -> dict[str, float]:
+    """Alternate the models over a few rounds and keep each one's fastest median, so that a burst of load
+    on a shared machine hits both models alike instead of skewing their ratio."""
+    rounds = {name: [] for name in models}
+    for _ in range(_LATENCY_ROUNDS):
+        for name, model in models.items():
+            rounds[name].append(measure(model))
+    return {name: min(values) for name, values in rounds.items()}
 
 
 def run(
@@ -50,9 +65,10 @@ def run(
     costs = {name: cost_function(name, params, example, device) for name in ("macs", "params", "latency")}
 
     acc = {name: accuracy(model, loader, device) for name, model in models.items()}
-    measured = {
-        name: {cost: fn(models[name].to(device)) for cost, fn in costs.items()} for name in ("baseline", "finetuned")
-    }
+    compared = {name: models[name].to(device) for name in ("baseline", "finetuned")}
+    measured = {name: {cost: costs[cost](model) for cost in ("macs", "params")} for name, model in compared.items()}
+    for name, latency_ms in _interleaved_latency(costs["latency"], compared).items():
+        measured[name]["latency"] = latency_ms
     metrics = {
         "accuracy": acc,
         "accuracy_drop": acc["baseline"] - acc["finetuned"],
