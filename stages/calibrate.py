@@ -12,7 +12,6 @@ from tqdm import tqdm
 
 from pruning import PruningIR
 from pruning.criterion import LossAwareCriterion
-
 from stages.artifacts import load_pickled, save_pickled
 from stages.data import load_split, make_loader
 from stages.params import Params

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from pruning import latency
-
 from stages.params import Params
 
 COST_FUNCTIONS = {"macs": "MACs", "params": "parameters", "latency": "ms"}

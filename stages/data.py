@@ -72,7 +72,7 @@ def write_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]], classes: list
             "classes": classes,
             "in_channels": sample_shape[0],
             "input_shape": sample_shape,
-            "counts": {name: int(len(y)) for name, (_, y) in splits.items()},
+            "counts": {name: len(y) for name, (_, y) in splits.items()},
         },
         out_dir / "meta.json",
     )

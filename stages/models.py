@@ -4,7 +4,8 @@ plain-JSON architecture description from which a pruned model is rebuilt without
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -104,7 +105,7 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
     except FileNotFoundError:
         raise StageError(f"params.yaml: 'model.checkpoint' = '{path}' does not exist") from None
     except Exception as exc:
-        raise StageError(f"params.yaml: 'model.checkpoint' = '{path}' is not a weights-only state_dict ({exc})") from None
+        raise StageError(f"params.yaml: 'model.checkpoint' = '{path}' is not a weights-only state_dict ({exc})") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     try:

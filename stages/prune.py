@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pruning import PruningIR
-
 from stages.artifacts import load_pickled, read_json
 from stages.bundle import save_bundle
 from stages.data import load_split, read_meta

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
 from pruning import PruningIR
 from pruning.selectors import ChannelsConstraint, GlobalScoreLabelSelector, KnapsackLabelSelector, UniformLabelSelector
-
 from stages.artifacts import load_pickled, write_json, write_text
 from stages.costs import COST_FUNCTIONS, cost_function
 from stages.data import load_split
@@ -132,8 +130,10 @@ def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, summar
         f"# Selection: {method}",
         "",
         f"- labels pruned: {len(labels)} of {len(snapshot.labels)} prunable",
-        f"- {cost_name} ({COST_FUNCTIONS[cost_name]}): {baseline_cost:.6g} -> {pruned_cost:.6g} "
-        f"({pruned_cost / baseline_cost:.1%} of baseline; target {target:.6g})",
+        (
+            f"- {cost_name} ({COST_FUNCTIONS[cost_name]}): {baseline_cost:.6g} -> {pruned_cost:.6g} "
+            f"({pruned_cost / baseline_cost:.1%} of baseline; target {target:.6g})"
+        ),
     ]
     write_text(format_summary(layer_channels(ir.model, pruned), header), summary_path)
     print(f"select: {method} pruned {len(labels)} labels, {cost_name} {pruned_cost / baseline_cost:.1%} of baseline")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pruning import PruningIR
-
 from stages.artifacts import load_state_dict, save_pickled
 from stages.data import load_split, make_loader, read_meta
 from stages.errors import StageError
