@@ -5,7 +5,8 @@
 Per model (random weights, perturbed so that no layer is all zero): prunable labels, groups,
 unprunable labels, IR build and prune seconds (median of --repeats), parameter and MAC ratios after
 pruning the first half of every group, whether the pruned model runs with the right output shape,
-and the equivalence error (labels made dead then pruned; see ``pruning.verify``).
+and the equivalence error (labels made dead then pruned, compared in float64 so that float32 rounding
+in very deep models does not hide or fake a slicing error; see ``pruning.verify``).
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def run_model(name: str, repeats: int) -> dict:
         "runs": tuple(out.shape) == (1, 1000),
     }
     exact = half_of_every_group(snapshot, exact_only=True)
-    row["equivalence"] = equivalence_error(ir, exact, x) if exact else float("nan")
+    row["equivalence"] = equivalence_error(ir, exact, x, dtype=torch.float64) if exact else float("nan")
     return row
 
 
