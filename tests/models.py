@@ -211,3 +211,29 @@ class TorchAttention(nn.Module):
 
 
 TOKEN_MODELS[TorchAttention] = (2, 5, 12)
+
+
+def data_dependent_scale(x):
+    """Control flow on tensor values: fx cannot trace it."""
+    return x * 2 if x.sum() > 0 else x
+
+
+class CallsUntraceableFunction(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.head = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        y = self.conv2(torch.relu(self.conv1(x)))
+        return self.head(data_dependent_scale(y))
+
+
+class Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = CallsUntraceableFunction()
+
+    def forward(self, x):
+        return self.inner(x)

@@ -194,6 +194,24 @@ class Wrapper(nn.Module):
         return self.inner(x)
 
 
+def test_soft_tracing_makes_untraceable_functions_leaves(x):
+    from models import Outer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ir = PruningIR(Outer(), example_input=x)
+    assert any("data_dependent_scale" in str(w.message) for w in caught)
+    assert any(n.op == "call_function" and n.target.__name__ == "data_dependent_scale"
+               for n in ir.model.graph.nodes)
+    s = ir.snapshot()
+    owners = {site.name: set(site.label_index.tolist()) for site in s.param_sites if site.dim == 0}
+    prunable = {label.index for label in s.labels}
+    assert owners["inner.conv1.weight"] <= prunable  # the module around the function stays traced
+    assert not owners["inner.conv2.weight"] & prunable
+    pruned = ir.prune(labels=s.labels[:3])
+    assert pruned.model(x).shape == (2, 4, 12, 12)
+
+
 @pytest.mark.parametrize("by_type", [False, True])
 def test_leaf_modules_are_opaque(x, by_type):
     model = Concat()

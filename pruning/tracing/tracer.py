@@ -1,14 +1,17 @@
 """A torch.fx tracer with leaf modules given by type or instance, and soft tracing.
 
 Soft tracing: when the forward of a submodule cannot be traced symbolically (data-dependent control
-flow, unsupported Python), that submodule becomes a leaf (an opaque call in the graph, whose channels
-the analysis then treats as unprunable) and a warning names it. Without soft tracing the first such
-failure is raised as a :class:`TracingError` naming the module and the reason.
+flow, unsupported Python), the smallest culprit becomes opaque and a warning names it: a module-level
+function called by that forward (a mask builder, say) becomes a leaf function, otherwise the submodule
+becomes a leaf module. The analysis treats the channels entering an opaque call as unprunable. Without
+soft tracing the first failure is raised as a :class:`TracingError` naming the module and the reason.
 """
 from __future__ import annotations
 
+import inspect
 import warnings
-from typing import Iterable
+from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 from torch import fx, nn
@@ -23,13 +26,17 @@ except ImportError:  # pragma: no cover - torchvision is installed in developmen
     pass
 
 
+_TORCH_DIR = str(Path(torch.__file__).parent)
+
+
 class TracingError(RuntimeError):
     """The model (or one of its submodules) cannot be traced with torch.fx."""
 
 
 class _Tracer(fx.Tracer):
-    def __init__(self, leaf_types: tuple[type, ...] = (), leaf_ids: set[int] | None = None) -> None:
-        super().__init__()
+    def __init__(self, leaf_types: tuple[type, ...] = (), leaf_ids: set[int] | None = None,
+                 leaf_functions: tuple[Callable, ...] = ()) -> None:
+        super().__init__(autowrap_functions=leaf_functions)
         self.leaf_types = leaf_types + _EXTRA_LEAF_TYPES
         self.leaf_ids = leaf_ids or set()
         self.failed_module: str | None = None
@@ -66,13 +73,24 @@ def trace_model(
                 f"leaf_modules must hold nn.Module subclasses or instances, got {item!r}"
             )
     modules = dict(model.named_modules())
+    leaf_functions: list[Callable] = []
     while True:
-        tracer = _Tracer(tuple(leaf_types), leaf_ids)
+        tracer = _Tracer(tuple(leaf_types), leaf_ids, tuple(leaf_functions))
         try:
             graph = tracer.trace(model)
             break
         except Exception as error:  # noqa: BLE001 - re-raised with context below
             name = tracer.failed_module
+            culprit = _failing_function(error)
+            if soft_tracing and culprit is not None and culprit not in leaf_functions:
+                leaf_functions.append(culprit)
+                warnings.warn(
+                    f"soft tracing: function {culprit.__module__}.{culprit.__qualname__} (called by "
+                    f"{name or 'the model'}) cannot be traced ({type(error).__name__}: {error}); it is "
+                    "kept as one opaque call and the channels entering it are treated as unprunable",
+                    stacklevel=3,
+                )
+                continue
             if name is None or not soft_tracing:
                 where = f"submodule '{name}' ({type(modules[name]).__name__})" if name else (
                     f"the forward of {type(model).__name__} itself"
@@ -92,6 +110,31 @@ def trace_model(
                 "are treated as unprunable",
                 stacklevel=3,
             )
-    graph_module = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    graph_module.meta["leaf_ids"] = leaf_ids
-    return graph_module
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _failing_function(error: BaseException) -> Callable | None:
+    """The module-level function that the innermost module forward called when tracing failed.
+
+    Only a function the forward reaches through its module's globals can be made a leaf by fx
+    (decorated functions are recognised through ``__wrapped__``).
+    """
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    forwards = [i for i, frame in enumerate(frames) if frame.f_code.co_name == "forward"
+                and isinstance(frame.f_locals.get("self"), nn.Module)
+                and not frame.f_code.co_filename.startswith(_TORCH_DIR)]
+    if not forwards:
+        return None
+    caller = frames[forwards[-1]]
+    functions = {}
+    for value in list(caller.f_globals.values()):
+        if inspect.isfunction(value):
+            functions.setdefault(getattr(inspect.unwrap(value), "__code__", None), value)
+    for frame in frames[forwards[-1] + 1:]:
+        if frame.f_code in functions:
+            return functions[frame.f_code]
+    return None
