@@ -238,9 +238,9 @@ class ReshapeModule(Rule):
     def rewrite(self, rw, node):
         m = rw.module(node)
         if isinstance(m, nn.Unflatten):
-            new = rw.new_shape(node)
-            dim = m.dim % len(new) if m.dim >= 0 else m.dim + len(new)
-            m.unflattened_size = tuple(new[dim:dim + len(m.unflattened_size)])
+            new, count = rw.new_shape(node), len(m.unflattened_size)
+            dim = m.dim % (len(new) - count + 1)  # m.dim counts the input's dims
+            m.unflattened_size = tuple(new[dim:dim + count])
 
 
 @register(nn.ChannelShuffle)
