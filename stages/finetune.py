@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.bundle import load_bundle, save_bundle
-from stages.data import load_split, make_loader, read_meta
-from stages.models import model_spec
+from stages.artifacts import read_json
+from stages.bundle import ARCHITECTURE_FILE, load_bundle, save_bundle
+from stages.data import load_split, make_loader
 from stages.params import Params
 from stages.training import accuracy, recalibrate_batchnorm, setup, train_epochs
 
@@ -29,6 +29,7 @@ def run(params: Params, data_dir: Path, pruned_dir: Path, out_dir: Path) -> None
     after = accuracy(model, val_loader, device)
     print(f"finetune: val accuracy {before:.4f} pruned, {after_bn:.4f} after BatchNorm re-estimation, "
           f"{after:.4f} after {epochs} epochs")
-    verified = save_bundle(model, model_spec(params, read_meta(data_dir)), out_dir, load_split(data_dir, "val").tensors[0][:8])
+    architecture = read_json(Path(pruned_dir) / ARCHITECTURE_FILE)
+    verified = save_bundle(model, architecture, out_dir, load_split(data_dir, "val").tensors[0][:8])
     if not verified:
-        print(f"finetune: warning: {out_dir}/architecture.json cannot rebuild this model; use model.pt (dill)")
+        print(f"finetune: warning: {out_dir}/architecture.json did not rebuild this model; use model.pt (dill)")

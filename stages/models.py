@@ -10,11 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.replay import replay
 from stages.errors import StageError
 from stages.params import Params
 
 BUILTIN = "digits_resnet"
-ARCHITECTURE_FORMAT = "pruning-architecture/1"
+ARCHITECTURE_FORMAT = "pruning-architecture/2"
 
 
 class BasicBlock(nn.Module):
@@ -114,64 +115,24 @@ def load_checkpoint(model: nn.Module, path: str) -> None:
         raise StageError(f"params.yaml: 'model.checkpoint' = '{path}' does not fit 'model.name': {exc}") from None
 
 
-# Constructor arguments of the layer types whose channel counts pruning changes.
-_CONV_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
-_RESIZABLE: dict[type, tuple[str, ...]] = {
-    nn.Conv1d: _CONV_ARGS,
-    nn.Conv2d: _CONV_ARGS,
-    nn.Conv3d: _CONV_ARGS,
-    nn.ConvTranspose1d: _CONV_ARGS + ("output_padding",),
-    nn.ConvTranspose2d: _CONV_ARGS + ("output_padding",),
-    nn.ConvTranspose3d: _CONV_ARGS + ("output_padding",),
-    nn.Linear: ("in_features", "out_features"),
-    nn.BatchNorm1d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-    nn.BatchNorm2d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-    nn.BatchNorm3d: ("num_features", "eps", "momentum", "affine", "track_running_stats"),
-    nn.GroupNorm: ("num_groups", "num_channels", "eps", "affine"),
-    nn.LayerNorm: ("normalized_shape", "eps", "elementwise_affine"),
-    nn.Embedding: ("num_embeddings", "embedding_dim", "padding_idx"),
-}
-
-
-def describe_architecture(model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-able description: the factory spec plus the constructor arguments of every resizable layer."""
-    layers = {}
-    for name, module in model.named_modules():
-        args = _RESIZABLE.get(type(module))
-        if args is None:
-            continue
-        kwargs = {arg: _jsonable(getattr(module, arg)) for arg in args}
-        if "in_channels" in args or "in_features" in args:
-            kwargs["bias"] = module.bias is not None
-        layers[name] = {"type": type(module).__name__, "kwargs": kwargs}
-    return {"format": ARCHITECTURE_FORMAT, "model": spec, "layers": layers}
+def describe_architecture(spec: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-able description of a pruned model: the factory spec of the unpruned model and the
+    pruning record (`pruning.replay.pruning_record`) that turns it into the pruned one."""
+    return {"format": ARCHITECTURE_FORMAT, "model": spec, "pruning": record}
 
 
 def rebuild_model(architecture: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Rebuild a (pruned) model from `describe_architecture` output and a weights-only state_dict.
+    """Rebuild a pruned model from `describe_architecture` output and a weights-only state_dict.
 
-    Builds the original architecture from the factory spec, swaps each described layer for one with the
-    recorded (pruned) sizes, then loads the weights strictly. Works for models whose forward does not
-    hard-code channel counts; `prune` checks the result against the pruned model and records it.
+    Builds the unpruned architecture from the factory spec, replays the recorded pruning on it (labels are
+    numbered deterministically from the traced graph) and loads the weights strictly: no pickled code runs.
     """
     if architecture.get("format") != ARCHITECTURE_FORMAT:
         raise StageError(f"architecture description has format {architecture.get('format')!r}, expected {ARCHITECTURE_FORMAT!r}")
-    model = build_from_spec(architecture["model"])
-    by_name = {cls.__name__: cls for cls in _RESIZABLE}
-    for name, layer in architecture["layers"].items():
-        kwargs = {key: tuple(value) if isinstance(value, list) else value for key, value in layer["kwargs"].items()}
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, by_name[layer["type"]](**kwargs))
     try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as exc:
-        raise StageError(f"the weights do not fit the architecture description: {exc}") from None
-    return model
-
-
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+        return replay(build_from_spec(architecture["model"]).eval(), architecture["pruning"], state_dict)
+    except (RuntimeError, ValueError) as exc:
+        raise StageError(f"the weights and pruning record do not rebuild the model: {exc}") from None
 
 
 def model_spec(params: Params, meta: dict[str, Any]) -> dict[str, Any]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pruning import PruningIR
+from pruning.replay import pruning_record
 from stages.artifacts import load_pickled, read_json
 from stages.bundle import save_bundle
 from stages.data import load_split, read_meta
 from stages.errors import StageError
-from stages.models import model_spec
+from stages.models import describe_architecture, model_spec
 from stages.params import Params
 from stages.training import setup
 
@@ -24,10 +25,12 @@ def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, out_di
     if unknown:
         raise StageError(f"{labels_path}: label indices {unknown[:5]} are not prunable labels of {ir_path} "
                          "(the files come from different runs: rerun select)")
-    pruned = ir.prune(labels=[by_index[index] for index in selection["labels"]])
+    labels = [by_index[index] for index in selection["labels"]]
+    pruned = ir.prune(labels=labels)
     check_input = load_split(data_dir, "val").tensors[0][:8]
-    verified = save_bundle(pruned.model, model_spec(params, read_meta(data_dir)), out_dir, check_input)
+    architecture = describe_architecture(model_spec(params, read_meta(data_dir)), pruning_record(ir, labels))
+    verified = save_bundle(pruned.model, architecture, out_dir, check_input)
     print(f"prune: removed {len(selection['labels'])} labels; weights-only rebuild verified: {verified}")
     if not verified:
-        print(f"prune: warning: {out_dir}/architecture.json cannot rebuild this model; only the dill file "
+        print(f"prune: warning: {out_dir}/architecture.json did not rebuild this model; only the dill file "
               "model.pt (which runs code when loaded) reproduces it")

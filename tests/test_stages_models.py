@@ -7,7 +7,9 @@ from torch import nn
 from stages.artifacts import save_pickled
 from stages.bundle import load_bundle, save_bundle
 from stages.errors import StageError
-from stages.models import DigitsResNet, build_model, load_checkpoint
+from pruning import PruningIR
+from pruning.replay import pruning_record
+from stages.models import DigitsResNet, build_model, describe_architecture, load_checkpoint
 
 SPEC = {"name": "digits_resnet", "kwargs": {"width": 8}, "in_channels": 1, "num_classes": 10}
 
@@ -47,32 +49,28 @@ def test_checkpoint(tmp_path):
         load_checkpoint(target, str(tmp_path / "pickled.pt"))
 
 
-def _shrunk_model() -> nn.Module:
-    """A DigitsResNet whose layer1 inner width is cut from 8 to 3, as pruning that channel group would."""
-    model = DigitsResNet(width=8)
-    model.layer1.conv1 = nn.Conv2d(8, 3, 3, 1, 1, bias=False)
-    model.layer1.bn1 = nn.BatchNorm2d(3)
-    model.layer1.conv2 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
-    return model.eval()
+def _pruned_model(x: torch.Tensor) -> tuple[nn.Module, dict]:
+    """A DigitsResNet with half of every channel group pruned, and its architecture description."""
+    torch.manual_seed(0)
+    ir = PruningIR(DigitsResNet(width=8).eval(), example_input=x)
+    labels = [label for group in ir.snapshot().groups for label in group[: len(group) // 2]]
+    return ir.prune(labels=labels).model.eval(), describe_architecture(SPEC, pruning_record(ir, labels))
 
 
 def test_bundle_rebuilds_without_unpickling(tmp_path):
-    model = _shrunk_model()
     x = torch.randn(4, 1, 8, 8)
-    assert save_bundle(model, SPEC, tmp_path, x)
+    model, architecture = _pruned_model(x)
+    assert save_bundle(model, architecture, tmp_path, x)
     rebuilt = load_bundle(tmp_path, safe=True).eval()
-    assert rebuilt.layer1.conv1.out_channels == 3
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
     assert torch.equal(rebuilt(x), model(x))
     assert torch.equal(load_bundle(tmp_path)(x), model(x))
 
 
-def test_bundle_records_an_unrebuildable_model(tmp_path):
-    class Scaled(DigitsResNet):
-        def forward(self, x):
-            return super().forward(x) * self.layer1.conv1.out_channels  # depends on a channel count
-
-    model = _shrunk_model()
-    model.__class__ = Scaled
-    assert not save_bundle(model, SPEC, tmp_path, torch.randn(2, 1, 8, 8))
-    with pytest.raises(StageError, match="cannot be rebuilt from architecture.json"):
+def test_bundle_refuses_weights_of_another_model(tmp_path):
+    x = torch.randn(2, 1, 8, 8)
+    model, architecture = _pruned_model(x)
+    architecture["model"] = {**SPEC, "kwargs": {"width": 4}}  # a record made for another architecture
+    assert not save_bundle(model, architecture, tmp_path, x)
+    with pytest.raises(StageError, match="did not rebuild this model"):
         load_bundle(tmp_path, safe=True)
