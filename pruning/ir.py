@@ -205,7 +205,8 @@ class PruningIR:
 
         Returns a new IR whose ``'main'`` snapshot is the pruned model (the labels of this IR do not
         apply to it). ``inplace=True`` slices the parameters of this IR's model (and so of the
-        user's model it shares modules with) instead of copying it. With no labels and
+        user's model it shares modules with) instead of copying it, and returns this IR, now
+        holding only the pruned model (its earlier labels are refused from then on). With no labels and
         ``inplace=False`` the result is a copy. ``skip_label_checking=True`` skips the checks of
         :func:`pruning.labels.check_selection` (foreign, duplicate, unprunable labels, emptied
         groups): use it only for selections known to be valid.
@@ -221,7 +222,7 @@ class PruningIR:
         keep = np.ones(snapshot.num_labels, dtype=bool)
         keep[indices] = False
         pruned = prune_graph_module(snapshot.model, snapshot.analysis, keep, inplace)
-        result = PruningIR.__new__(PruningIR)
+        result = self if inplace else PruningIR.__new__(PruningIR)
         result.leaf_modules = self.leaf_modules
         result.soft_tracing = self.soft_tracing
         result.uid = _fingerprint(pruned)

@@ -82,8 +82,12 @@ def test_input_model_untouched_unless_inplace(x):
     ir = PruningIR(model, example_input=x)
     ir.prune(labels=half(ir.snapshot()))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
-    ir.prune(labels=half(ir.snapshot()), inplace=True)
+    old_labels = half(ir.snapshot())
+    assert ir.prune(labels=old_labels, inplace=True) is ir
     assert model.a[0].weight.shape[0] < 24
+    assert ir.model(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="another PruningIR"):
+        ir.prune(labels=old_labels[:1])
 
 
 def test_empty_selection_returns_a_copy(x):
