@@ -112,6 +112,14 @@ def test_label_checks(x):
         ir.prune(labels=[s.label(unprunable)])
     with pytest.raises(ValueError, match="keep at least one"):
         ir.prune(labels=s.groups[0])
+    from pruning import Label
+
+    with pytest.raises(ValueError, match="belongs to snapshot 'other'"):
+        ir.prune(labels=[Label(ir.uid, "other", s.labels[0].index)])
+    state = {k: v.clone() for k, v in ir.model.state_dict().items()}
+    with pytest.raises(ValueError):
+        ir.prune(labels=[s.labels[0], s.labels[0]], inplace=True)
+    assert all(torch.equal(state[k], v) for k, v in ir.model.state_dict().items())  # untouched
     with pytest.raises(KeyError, match="no snapshot 'other'"):
         ir.prune("other", labels=[])
     with pytest.raises(TypeError, match="Label"):
