@@ -82,11 +82,16 @@ def step(pruner) -> nn.Module:
     return model
 
 
-def accumulate_taylor_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Loss gradients summed over ``batches`` (what TaylorImportance reads from ``.grad``)."""
-    model.zero_grad(set_to_none=True)
+def taylor_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Loss gradients summed over ``batches`` (what TaylorImportance reads from ``.grad``), by parameter name.
+
+    Runs on a copy in the model's current mode, so neither its gradients nor its BatchNorm statistics change.
+    """
+    work = copy.deepcopy(model)
+    work.zero_grad(set_to_none=True)
     for x, y in batches:
-        F.cross_entropy(model(x), y).backward()
+        F.cross_entropy(work(x), y).backward()
+    return {name: p.grad.detach().clone() for name, p in work.named_parameters() if p.grad is not None}
 
 
 def prune(
@@ -98,21 +103,23 @@ def prune(
     importance_name: str = "magnitude",
     global_pruning: bool = False,
     calibration: list | None = None,
+    gradients: dict[str, torch.Tensor] | None = None,
     copy_model: bool = True,
 ) -> nn.Module:
-    """A pruned copy (or, ``copy_model=False``, ``model`` itself) at ``ratio``."""
+    """A pruned copy (or, ``copy_model=False``, ``model`` itself) at ``ratio``.
+
+    Taylor importance reads ``gradients`` (from ``taylor_gradients``), computed here from ``calibration``
+    when not given.
+    """
+    if importance_name == "taylor" and gradients is None:
+        if not calibration:
+            raise ValueError("Taylor importance needs calibration batches or gradients")
+        gradients = taylor_gradients(model, calibration)
     if copy_model:
         model = copy.deepcopy(model)
     if importance_name == "taylor":
-        if not calibration:
-            raise ValueError("Taylor importance needs calibration batches")
-        mode = model.training
-        buffers = {name: b.clone() for name, b in model.named_buffers()}
-        accumulate_taylor_gradients(model, calibration)
-        with torch.no_grad():  # same as our calibrate stage: BatchNorm statistics unchanged
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
-        model.train(mode)
+        for name, p in model.named_parameters():
+            p.grad = gradients[name].clone() if name in gradients else None
     pruner = build_pruner(model, example_input, num_classes=num_classes, ratio=ratio,
                           importance_name=importance_name, global_pruning=global_pruning)
     pruned = step(pruner)
@@ -139,10 +146,12 @@ def prune_to_cost(
     or fails), so: the smallest ratio on a grid (``grid`` steps in (0, 1)) that works and meets the target,
     then ``steps`` of bisection between it and the grid point below. Raises RuntimeError if none does.
     """
+    gradients = taylor_gradients(model, calibration) if importance_name == "taylor" else None
+
     def attempt(r: float):
         try:
             candidate = prune(model, example_input, num_classes=num_classes, ratio=r, importance_name=importance_name,
-                              global_pruning=global_pruning, calibration=calibration)
+                              global_pruning=global_pruning, gradients=gradients)
         except Exception as error:  # noqa: BLE001 - the peer failing at a ratio is an outcome
             return None, f"ratio {r:.3f}: {type(error).__name__}: {error}"
         value = cost(candidate)

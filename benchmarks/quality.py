@@ -183,8 +183,11 @@ def measure_latency(rows: list[dict], example: torch.Tensor, params: Params, rou
     samples = {(id(r), b): [] for r in rows if "pruned_model" in r for b in batches}
     for _ in range(rounds):
         for b in batches:
+            # batch 1: latency.warmup / latency.repeats as params.yaml says; larger batches: a fifth of them
+            # (each pass is ~b times longer)
+            scale = 1 if b == 1 else 5
             measure = latency.measured_latency(example[:1].expand(b, *example.shape[1:]).contiguous(),
-                                               warmup=warmup, repeats=repeats)
+                                               warmup=max(2, warmup // scale), repeats=max(10, repeats // scale))
             for r in rows:
                 if "pruned_model" in r:
                     samples[(id(r), b)].append(measure(r["pruned_model"]))
@@ -195,13 +198,15 @@ def measure_latency(rows: list[dict], example: torch.Tensor, params: Params, rou
 
 
 def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=print, save=None,
-        done: list[dict] | None = None) -> list[dict]:
+        done: list[dict] | None = None, finetune_epochs: int | None = None) -> list[dict]:
     """All models; ``save(rows)`` after each model; models already in ``done`` (rows of an earlier run)
     are kept as they are and not run again."""
     warnings.filterwarnings("ignore")
     overrides = {}
     if quick:
         overrides = {"finetune.epochs": 2, "calibrate.batches": 5, "latency.repeats": 20, "select.max_iterations": 5}
+    if finetune_epochs is not None:
+        overrides["finetune.epochs"] = finetune_epochs
     params = load_params(overrides)
     _, device = setup(params)
     data_dir = ROOT / "data" / "prepared"
@@ -292,6 +297,34 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _parallel(models: list[str], args: argparse.Namespace) -> list[dict]:
+    """One subprocess per model (each its own JSON), merged in model order."""
+    import subprocess
+
+    parts = {m: (args.json or CACHE / "quality.json").with_suffix(f".{m}.json") for m in models}
+    done = {}
+    if args.resume and args.json and args.json.exists():
+        for r in json.loads(args.json.read_text()):
+            done.setdefault(r["model"], []).append(r)
+    procs = {}
+    for m in models:
+        if m in done:
+            continue
+        cmd = [sys.executable, __file__, "--models", m, "--json", str(parts[m]), "--rounds", str(args.rounds),
+               "--targets", *map(str, args.targets)]
+        if args.quick:
+            cmd.append("--quick")
+        if args.finetune_epochs is not None:
+            cmd += ["--finetune-epochs", str(args.finetune_epochs)]
+        procs[m] = subprocess.Popen(cmd, cwd=ROOT)
+    for m, proc in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"quality for {m} failed (exit {proc.returncode})")
+        done[m] = json.loads(parts[m].read_text())
+        parts[m].unlink()
+    return [r for m in models for r in done[m]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=["default", "wide"], choices=["default", "wide"])
@@ -301,8 +334,18 @@ def main() -> None:
                         help="default model, 50%% only, 2 fine-tuning epochs, 5 calibration batches, 2 latency rounds")
     parser.add_argument("--json", type=Path, help="write the rows as JSON (after every model)")
     parser.add_argument("--resume", action="store_true", help="keep the models already in --json, run the rest")
+    parser.add_argument("--finetune-epochs", type=int,
+                        help="fine-tuning epochs for every method (default: params.yaml finetune.epochs)")
+    parser.add_argument("--jobs", type=int, default=1, help="models in parallel, one subprocess each (default 1)")
     args = parser.parse_args()
     models, targets, rounds = (["default"], [0.5], 2) if args.quick else (args.models, args.targets, args.rounds)
+    if args.jobs > 1 and len(models) > 1:
+        rows = _parallel(models, args)
+        print(markdown(rows))
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=1))
+        return
 
     def save(rows: list[dict]) -> None:
         if args.json:
@@ -310,7 +353,8 @@ def main() -> None:
             args.json.write_text(json.dumps(rows, indent=1))
 
     done = json.loads(args.json.read_text()) if args.resume and args.json and args.json.exists() else None
-    rows = run(models, targets, args.quick, rounds, log=lambda s: print(s, flush=True), save=save, done=done)
+    rows = run(models, targets, args.quick, rounds, log=lambda s: print(s, flush=True), save=save, done=done,
+               finetune_epochs=args.finetune_epochs)
     print(markdown(rows))
 
 

@@ -40,7 +40,8 @@ def part_commands(quick: bool) -> dict[str, list[str]]:
         "coverage": ["benchmarks/coverage.py", *q, "--timeout", "600", "--jobs", "2",
                      "--json", "benchmarks/results/coverage.json"],
         "speed": ["benchmarks/speed.py", *q, "--repeats", "5", "--calibration", "--json", "benchmarks/results/speed.json"],
-        "quality": ["benchmarks/quality.py", *q, "--json", "benchmarks/results/quality.json"],
+        "quality": ["benchmarks/quality.py", *q, "--jobs", "2", "--finetune-epochs", "5",
+                    "--json", "benchmarks/results/quality.json"],
     }
 
 
@@ -227,6 +228,11 @@ def quality_losses(rows: list[dict]) -> list[str]:
     return losses
 
 
+def finetune_budget(rows: list[dict]) -> str:
+    epochs = sorted({r["finetune_epochs"] for r in rows if "finetune_epochs" in r})
+    return "BatchNorm re-estimation + " + "/".join(map(str, epochs)) + " epoch(s)"
+
+
 def latency_section(rows: list[dict]) -> str:
     lines = ["| model | target | method | MACs ratio | latency ratio b1 | latency ratio b64 | b1 ratio / MACs ratio |",
              "|---|---|---|---|---|---|---|"]
@@ -317,7 +323,9 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
                  "Bold: best accuracy at that (model, target) among all methods (ties: all bold). 'verdict' compares "
                  "each of our rows with the best Torch-Pruning row at the same target. The test split has "
                  f"{info.get('test_size', '?')} images, so one image is {1 / info['test_size'] if info.get('test_size') else float('nan'):.4f} "
-                 "of accuracy: differences of one or two images after fine-tuning are noise, not a ranking.", "",
+                 "of accuracy: differences of one or two images after fine-tuning are noise, not a ranking. "
+                 f"Fine-tuning budget in this run: {finetune_budget(results['quality'])} for every method "
+                 "(the pipeline's `finetune` stage uses params.yaml's `finetune.epochs`; set with `--finetune-epochs`).", "",
                  quality_part.markdown(results["quality"]), "",
                  "## 4. Latency realised", "",
                  "Measured CPU latency ratio (pruned / unpruned, same model) against MACs ratio, per pruned model. "
