@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 __all__ = ["LossAwareCriterion"]
 
@@ -50,6 +51,17 @@ class LossAwareCriterion:
     and ``zero_grad`` do not matter); each new collector call, and the exit, closes the batch.
     On a normal exit ``snapshot.scores`` becomes a float64 CPU tensor ``[num_labels]``; hooks are always
     removed. Any mode (train/eval) and device work; the model is not moved.
+
+    Distributed (``torch.distributed`` initialized): every rank runs its own collector over its shard of
+    the calibration batches, calling ``collector(x)`` as above. The collector runs the snapshot model
+    directly, so wrapping ``ir.snapshot().model`` in ``DistributedDataParallel`` is optional and its gradient
+    averaging is bypassed (calibration takes no optimizer step; the hooks read each rank's own gradients).
+    On exit the squared sums and batch counts are all-reduced (SUM), so every rank holds the scores one
+    process would compute over the union of the shards, batch for batch. The all-reduce is a collective:
+    it runs only on a normal exit and every rank must reach it (a rank with an empty shard is fine if its
+    snapshot is analysed, e.g. ``PruningIR(model, example_input=x)``). A rank that leaves with an exception
+    skips it and re-raises; the other ranks then wait in the all-reduce until the process group's timeout,
+    or until ``torchrun`` stops them when that rank's process exits.
     """
 
     def __init__(self, ir: Any, snapshot_name: str = "main") -> None:
@@ -91,18 +103,32 @@ class LossAwareCriterion:
         try:
             if exc_type is None:
                 self._fold_batch()
-                if self._num_batches == 0:
+                sum_sq, num_batches = self._totals()
+                if num_batches == 0:
                     raise RuntimeError(
                         "LossAwareCriterion saw no backward pass: inside the 'with' block compute a loss "
                         "from the collector's output and call loss.backward()"
                     )
-                self.snapshot.scores = (self._sum_sq / self._num_batches).cpu()
+                self.snapshot.scores = (sum_sq / num_batches).cpu()
         finally:
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
             self._batch, self._sum_sq = {}, None
             self._active = self._hooked = False
+
+    def _totals(self) -> tuple[torch.Tensor | None, int]:
+        """The squared-sum accumulator and batch count, summed over all ranks when a process group is up."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return self._sum_sq, self._num_batches
+        nccl = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only; gloo and mixed groups take CPU ones
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        totals = torch.zeros(self.snapshot.num_labels + 1, dtype=torch.float64, device=device)
+        if self._sum_sq is not None:
+            totals[:-1] = self._sum_sq
+        totals[-1] = self._num_batches
+        dist.all_reduce(totals)
+        return totals[:-1], int(totals[-1].item())
 
     def _register_hooks(self) -> None:
         model = self.snapshot.model
