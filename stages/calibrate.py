@@ -1,4 +1,8 @@
-"""Stage `calibrate`: label scores with `LossAwareCriterion` over N training batches; saves the scored IR."""
+"""Stage `calibrate`: label scores with `LossAwareCriterion` over N training batches; saves the scored IR.
+
+Under `torchrun --nproc_per_node N` each rank scores every N-th of the batches and the criterion all-reduces
+the sums, so the scores equal the one-process scores (up to float rounding); rank 0 saves the IR.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from pruning import PruningIR
 from pruning.criterion import LossAwareCriterion
 from stages.artifacts import load_pickled, save_pickled
 from stages.data import load_split, make_loader
+from stages.distributed import barrier, is_main, process_group, rank, shard, world_size
 from stages.params import Params
 from stages.training import setup
 
@@ -32,6 +37,11 @@ def _batches(loader: DataLoader, count: int) -> Iterator[tuple[torch.Tensor, tor
 def run(params: Params, data_dir: Path, ir_path: Path, out_path: Path) -> None:
     """Score every label; `calibrate.mode` train|eval sets the model mode, BatchNorm statistics are kept."""
     seed, device = setup(params)
+    with process_group(params, device) as device:
+        _calibrate(params, seed, device, data_dir, ir_path, out_path)
+
+
+def _calibrate(params: Params, seed: int, device: torch.device, data_dir: Path, ir_path: Path, out_path: Path) -> None:
     count = params.get_int("calibrate.batches", min=1)
     split = params.get_str("calibrate.split", choices=("train", "val"))
     mode = params.get_str("calibrate.mode", choices=("train", "eval"))
@@ -41,14 +51,17 @@ def run(params: Params, data_dir: Path, ir_path: Path, out_path: Path) -> None:
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     model.train(mode == "train")
     loader = make_loader(load_split(data_dir, split), batch_size, shuffle=True, seed=seed)
+    mine = shard(_batches(loader, count))
     loss_fn = nn.CrossEntropyLoss()
     with LossAwareCriterion(ir) as collector:
-        for x, y in tqdm(_batches(loader, count), total=count, desc="calibrate", unit="batch"):
+        for x, y in tqdm(mine, total=len(range(rank(), count, world_size())), desc="calibrate", unit="batch", disable=not is_main()):
             loss_fn(collector(x.to(device)), y.to(device)).backward()
     with torch.no_grad():
         for name, buffer in model.named_buffers():
             buffer.copy_(buffers[name])
     model.zero_grad(set_to_none=True)
     model.cpu().eval()
-    print(f"calibrate: {count} {split} batches in {mode} mode")
-    save_pickled(ir, out_path)
+    if is_main():
+        print(f"calibrate: {count} {split} batches in {mode} mode")
+        save_pickled(ir, out_path)
+    barrier()

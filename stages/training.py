@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+from stages.distributed import is_main
 from stages.errors import StageError
 from stages.params import Params
 
@@ -81,8 +83,10 @@ def train_epochs(
     loss_fn = nn.CrossEntropyLoss()
     model.to(device)
     losses = []
-    bar = tqdm(range(epochs), desc=desc, unit="epoch")
-    for _ in bar:
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not is_main())
+    for epoch in bar:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)  # a new shuffle per epoch, the same on every rank
         model.train()
         total, count = 0.0, 0
         for x, y in loader:
@@ -111,7 +115,9 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device) -> floa
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device, batches: int) -> int:
+def recalibrate_batchnorm(
+    model: nn.Module, loader: DataLoader | Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device, batches: int
+) -> int:
     """Reset BatchNorm running statistics and re-estimate them (cumulative average) without gradient steps.
 
     Pruning changes what each BatchNorm sees; stale statistics cost accuracy before fine-tuning starts.
@@ -125,7 +131,8 @@ def recalibrate_batchnorm(model: nn.Module, loader: DataLoader, device: torch.de
         m.reset_running_stats()
         m.momentum = None
     model.to(device).train()
-    for step, (x, _) in enumerate(tqdm(loader, desc="batchnorm re-estimation", total=min(batches, len(loader)), leave=False)):
+    bar = tqdm(loader, desc="batchnorm re-estimation", total=min(batches, len(loader)), leave=False, disable=not is_main())
+    for step, (x, _) in enumerate(bar):
         if step >= batches:
             break
         model(x.to(device))
