@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Sequence, Union
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = ["macs", "parameters", "measured_latency"]
 
@@ -27,15 +27,32 @@ def macs(inputs: Inputs, device: str | torch.device | None = None) -> Callable[[
     tuple of positional input tensors. ``device``: where to put the inputs; ``None`` means the device of
     the model's first parameter (CPU for a model without parameters). Only the ops the counter knows
     (convolutions, matmuls, attention) are counted, which is where channel pruning saves compute.
+
+    Attention is counted the same way whichever kernel runs it: ``nn.MultiheadAttention``'s fused
+    fast path (invisible to the counter) is switched off while counting, and the CPU flash-attention
+    kernel gets the counter's formula for scaled dot-product attention. Otherwise an unpruned
+    transformer and its pruned version would be measured with different rules.
     """
 
     def count(model: nn.Module) -> float:
         args = _as_args(inputs, _device(model, device))
-        with _inference(model), FlopCounterMode(display=False) as counter:
-            model(*args)
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            with _inference(model), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
+                model(*args)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         return counter.get_total_flops() / 2
 
     return count
+
+
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_EXTRA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops}
 
 
 def parameters() -> Callable[[nn.Module], float]:

@@ -48,3 +48,28 @@ def test_measured_latency_bad_repeats():
 def test_measured_latency_cuda():
     model = nn.Linear(64, 64).cuda()
     assert measured_latency((8, 64), device="cuda", warmup=1, repeats=3)(model) > 0
+
+
+def test_macs_count_attention_the_same_before_and_after_pruning():
+    import copy
+
+    from pruning.pruned_modules import PrunedMultiheadAttention
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    model = Block().eval()
+    swapped = copy.deepcopy(model)
+    swapped.attn.__class__ = PrunedMultiheadAttention
+    swapped.attn.qk_head_dim = swapped.attn.v_head_dim = 8
+    swapped.attn.scale = 8 ** -0.5
+    x = torch.randn(1, 10, 32)
+    count = macs(x)
+    projections = 10 * 32 * 32 * 4  # q, k, v and output projections
+    attention = 2 * 10 * 10 * 32  # q k^T and attn v over all heads
+    assert count(model) == count(swapped) == projections + attention
