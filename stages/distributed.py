@@ -98,18 +98,19 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def average_batchnorm(model: nn.Module, batches: int) -> None:
+def average_batchnorm(model: nn.Module, batches: int, device: torch.device) -> None:
     """After each rank re-estimated BatchNorm statistics over its `batches` batches (cumulative average),
-    make every rank hold the average over all ranks' batches, weighted by their counts."""
+    make every rank hold the average over all ranks' batches, weighted by their counts. Tensors are reduced
+    on `device` (nccl reduces CUDA tensors only)."""
     if not dist.is_initialized():
         return
-    total = torch.tensor(float(batches), dtype=torch.float64)
+    total = torch.tensor(float(batches), dtype=torch.float64, device=device)
     dist.all_reduce(total)
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             for name in ("running_mean", "running_var"):
                 buffer = getattr(module, name)
-                weighted = buffer.double().cpu() * batches
+                weighted = buffer.to(device, torch.float64) * batches
                 dist.all_reduce(weighted)
-                buffer.copy_((weighted / total).to(buffer))
+                buffer.copy_(weighted / total)
             module.num_batches_tracked.fill_(int(total.item()))

@@ -49,7 +49,7 @@ def _finetune(params: Params, seed: int, device: torch.device, data_dir: Path, p
     if bn_batches:
         mine = list(shard(itertools.islice(train_loader, bn_batches)))
         recalibrate_batchnorm(model, mine, device, len(mine))
-        average_batchnorm(model, len(mine))
+        average_batchnorm(model, len(mine), device)
     after_bn = accuracy(model, val_loader, device) if is_main() else None
     if world_size() > 1:
         train_loader = distributed_loader(train_set, batch_size, seed)

@@ -14,12 +14,13 @@ import yaml
 from distributed_calibration import run
 
 from pruning import PruningIR
-from stages import calibrate, prepare, trace, train
-from stages.artifacts import load_pickled
+from stages import calibrate, finetune, prepare, prune, select, trace, train
+from stages.artifacts import load_pickled, load_state_dict
 from stages.distributed import process_group
 from stages.errors import StageError
 from stages.params import Params
 
+ROOT = Path(__file__).resolve().parents[1]
 WORLD_SIZE = 2
 TIMEOUT_S = 120
 
@@ -63,33 +64,61 @@ def test_ranks_match_one_process_over_the_union(tmp_path: Path, ddp: bool) -> No
             torch.testing.assert_close(tensor, reference["pruned"][name], rtol=0, atol=0)
 
 
-def test_calibrate_stage_under_torchrun_matches_one_process(tmp_path: Path) -> None:
-    """`torchrun --nproc_per_node 2 -m stages.cli calibrate` (5 batches: uneven shards) equals one process."""
-    root = Path(__file__).resolve().parents[1]
-    data = yaml.safe_load((root / "params.yaml").read_text())
+def tiny_params(**sections: dict) -> dict:
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["model"]["kwargs"] = {"width": 8}
     data["train"]["epochs"] = 1
-    data["calibrate"]["batches"] = 5
-    params = Params(data)
-    prepare.run(params, tmp_path / "data")
-    train.run(params, tmp_path / "data", tmp_path / "baseline.pt", tmp_path / "train.json")
-    trace.run(params, tmp_path / "data", tmp_path / "baseline.pt", tmp_path / "ir.pt")
-    calibrate.run(params, tmp_path / "data", tmp_path / "ir.pt", tmp_path / "one.pt")
-    data["distributed"]["world_size"] = WORLD_SIZE
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", str(WORLD_SIZE), "-m", "stages.cli", "calibrate",
-                    "--params", str(tmp_path / "params.yaml"), "--data-dir", str(tmp_path / "data"),
-                    "--ir-path", str(tmp_path / "ir.pt"), "--out-path", str(tmp_path / "two.pt")],
-                   cwd=root, check=True, timeout=TIMEOUT_S, capture_output=True)
-    one, two = (load_pickled(tmp_path / name, PruningIR).snapshot().scores for name in ("one.pt", "two.pt"))
+    data["calibrate"]["batches"] = 5  # odd: uneven shards
+    data["finetune"].update(epochs=0, bn_batches=5)  # epochs 0: the saved model is the BatchNorm re-estimate
+    for section, values in sections.items():
+        data[section].update(values)
+    return data
+
+
+def torchrun(stage: str, data: dict, root: Path, *options: str) -> None:
+    """`torchrun --nproc_per_node WORLD_SIZE -m stages.cli <stage>` with `data` as params.yaml."""
+    data = {**data, "distributed": {"world_size": WORLD_SIZE}}
+    (root / "params.yaml").write_text(yaml.safe_dump(data))
+    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", str(WORLD_SIZE),
+               "-m", "stages.cli", stage, "--params", str(root / "params.yaml"), *options]
+    proc = subprocess.run(command, cwd=ROOT, timeout=TIMEOUT_S, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Prepared digits, a 1-epoch baseline, its IR calibrated in one process, selected and pruned."""
+    root = tmp_path_factory.mktemp("stages")
+    params = Params(tiny_params())
+    prepare.run(params, root / "data")
+    train.run(params, root / "data", root / "baseline.pt", root / "train.json")
+    trace.run(params, root / "data", root / "baseline.pt", root / "ir.pt")
+    calibrate.run(params, root / "data", root / "ir.pt", root / "one.pt")
+    select.run(params, root / "data", root / "one.pt", root / "labels.json", root / "summary.md")
+    prune.run(params, root / "data", root / "one.pt", root / "labels.json", root / "pruned")
+    return root
+
+
+def test_calibrate_stage_under_torchrun_matches_one_process(pruned: Path) -> None:
+    torchrun("calibrate", tiny_params(), pruned, "--data-dir", str(pruned / "data"), "--ir-path", str(pruned / "ir.pt"),
+             "--out-path", str(pruned / "two.pt"))
+    one, two = (load_pickled(pruned / name, PruningIR).snapshot().scores for name in ("one.pt", "two.pt"))
     torch.testing.assert_close(two, one, rtol=1e-6, atol=0)
+
+
+def test_finetune_stage_under_torchrun_reestimates_batchnorm_like_one_process(pruned: Path) -> None:
+    finetune.run(Params(tiny_params()), pruned / "data", pruned / "pruned", pruned / "ft_one")
+    torchrun("finetune", tiny_params(), pruned, "--data-dir", str(pruned / "data"), "--pruned-dir",
+             str(pruned / "pruned"), "--out-dir", str(pruned / "ft_two"))
+    one, two = (load_state_dict(pruned / name / "state_dict.pt") for name in ("ft_one", "ft_two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_stage_refuses_a_world_size_it_was_not_launched_with(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    data["distributed"]["world_size"] = 2
+    data = tiny_params(distributed={"world_size": 2})
     with pytest.raises(StageError, match=r"'distributed.world_size' is 2 but this run has WORLD_SIZE=1"), \
             process_group(Params(data), torch.device("cpu")):
         pass
