@@ -222,6 +222,19 @@ def quality_losses(rows: list[dict]) -> list[str]:
             if best_ours[key] < best_peer[key]:
                 losses.append(f"quality: **{model} at {target:.0%} MACs, {what}**: our best {best_ours[key]:.3f} "
                               f"({best_ours['method']}) < {best_peer[key]:.3f} ({best_peer['method']})")
+    methods = list(dict.fromkeys(r["method"] for r in rows if r.get("tool") == "ours"))
+    for method in methods:
+        for key, what in (("acc_pruned", "right after pruning"), ("acc_finetuned", "after fine-tuning")):
+            below = []
+            for model, target in keys:
+                group = [r for r in rows if (r["model"], r["target"]) == (model, target) and "error" not in r]
+                mine = [r for r in group if r["method"] == method]
+                peer = [r[key] for r in group if r.get("tool") == "peer"]
+                if mine and peer and mine[0][key] < max(peer):
+                    below.append(f"{model} {target:.0%}")
+            if below:
+                losses.append(f"quality: {method} is below Torch-Pruning's best {what} at {len(below)}/{len(keys)} "
+                              f"points ({', '.join(below)})")
     for r in rows:
         if r.get("tool") == "ours" and "error" in r:
             losses.append(f"quality: {r['model']} {r['target']:.0%} {r['method']} failed: `{r['error']}`")
@@ -267,6 +280,13 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
         losses += more
     if "quality" in results:
         losses += quality_losses(results["quality"])
+        rs = [r for r in results["quality"] if r.get("tool") and "error" not in r]
+        for b in (1, 64):
+            per = {t: statistics.median(r[f"latency_ratio_b{b}"] / r["macs_ratio"] for r in rs if r["tool"] == t)
+                   for t in ("ours", "peer")}
+            if per["ours"] > per["peer"]:
+                losses.append(f"latency: at equal MACs our pruned models realise less speed-up at batch {b}: median "
+                              f"latency ratio / MACs ratio {per['ours']:.2f} (ours) vs {per['peer']:.2f} (Torch-Pruning)")
 
     head = [
         "# Benchmarks: ours vs Torch-Pruning 1.6.1" + (" (quick run)" if quick else ""), "",
@@ -329,7 +349,10 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
                  quality_part.markdown(results["quality"]), "",
                  "## 4. Latency realised", "",
                  "Measured CPU latency ratio (pruned / unpruned, same model) against MACs ratio, per pruned model. "
-                 "Our pruned models are `torch.fx.GraphModule`s, the peer's are the original module classes.", "",
+                 "Our pruned models are `torch.fx.GraphModule`s, the peer's are the original module classes. "
+                 "Batch-1 latency is measured with params.yaml's `latency.warmup`/`latency.repeats`; batch 64 with a "
+                 "fifth of them, and on a loaded 2-core machine its ratios scatter widely between models of equal "
+                 "MACs: read the batch-64 column as indicative only.", "",
                  latency_section(results["quality"]), ""]
     if figs:
         body += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + [""]
