@@ -7,7 +7,7 @@ Each part runs as its own script in a subprocess (``benchmarks/coverage.py``, ``
 ``--calibration``, ``quality.py``), writing JSON under ``benchmarks/results/``; ``--reuse PART`` takes that
 JSON from an earlier run instead of running the part again (BENCHMARKS.md then says so, with the date of
 the file). ``--quick`` passes ``--quick`` to every part (minutes instead of about an hour) and writes to
-``BENCHMARKS.quick.md`` unless ``--out`` is given. ``make bench`` runs this script without flags.
+``BENCHMARKS.quick.md``, ``benchmarks/results/quick/`` and ``benchmarks/figures/quick/`` instead. ``make bench`` runs this script without flags.
 """
 from __future__ import annotations
 
@@ -34,14 +34,17 @@ import speed as speed_part  # noqa: E402
 PY = ".venv/bin/python"
 
 
+def results_dir(quick: bool) -> Path:
+    return RESULTS / "quick" if quick else RESULTS
+
+
 def part_commands(quick: bool) -> dict[str, list[str]]:
     q = ["--quick"] if quick else []
+    out = results_dir(quick).relative_to(ROOT)
     return {
-        "coverage": ["benchmarks/coverage.py", *q, "--timeout", "600", "--jobs", "2",
-                     "--json", "benchmarks/results/coverage.json"],
-        "speed": ["benchmarks/speed.py", *q, "--repeats", "5", "--calibration", "--json", "benchmarks/results/speed.json"],
-        "quality": ["benchmarks/quality.py", *q, "--jobs", "2", "--finetune-epochs", "5",
-                    "--json", "benchmarks/results/quality.json"],
+        "coverage": ["benchmarks/coverage.py", *q, "--timeout", "600", "--jobs", "2", "--json", f"{out}/coverage.json"],
+        "speed": ["benchmarks/speed.py", *q, "--repeats", "5", "--calibration", "--json", f"{out}/speed.json"],
+        "quality": ["benchmarks/quality.py", *q, "--jobs", "2", "--finetune-epochs", "5", "--json", f"{out}/quality.json"],
     }
 
 
@@ -78,13 +81,13 @@ def load_average() -> str:
 # ---------------------------------------------------------------- figures
 
 
-def figures(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
+def figures(quality_rows: list[dict], speed_rows: list[dict], folder: Path = FIGURES) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    FIGURES.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
     rows = [r for r in quality_rows if "error" not in r]
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -118,7 +121,7 @@ def figures(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
         fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False)
         fig.suptitle("Accuracy vs measured latency (filled: ours, hollow: Torch-Pruning; dotted: unpruned)")
         fig.tight_layout(rect=(0, 0.08, 1, 0.96))
-        path = FIGURES / "accuracy_vs_latency.png"
+        path = folder / "accuracy_vs_latency.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -141,7 +144,7 @@ def figures(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
             ax.grid(alpha=0.3)
         fig.legend(handles=handles[: len(methods)], loc="lower center", ncol=4, frameon=False)
         fig.tight_layout(rect=(0, 0.1, 1, 1))
-        path = FIGURES / "latency_vs_macs.png"
+        path = folder / "latency_vs_macs.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -163,7 +166,7 @@ def figures(quality_rows: list[dict], speed_rows: list[dict]) -> list[str]:
         ax.legend()
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()
-        path = FIGURES / "tool_speed.png"
+        path = folder / "tool_speed.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -290,10 +293,12 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
 
     head = [
         "# Benchmarks: ours vs Torch-Pruning 1.6.1" + (" (quick run)" if quick else ""), "",
-        f"Generated {info['date']} by `benchmarks/run_all.py` in {wall / 60:.0f} min.", "",
+        (f"Generated {info['date']} by `benchmarks/run_all.py` in {wall / 60:.0f} min." if not reused else
+         f"Written {info['date']} by `{info['argv']}` from the parts' JSON results (their dates are under Commands; "
+         "parts not reused ran in this invocation)."), "",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB RAM, {m['os']}; shared with other "
-        f"jobs (load average at start {info['load_start']}, at end {info['load_end']}), so every timing interleaves "
-        "the two tools and reports medians and ratios",
+        f"jobs (load average (1/5/15 min) when this run started {info['load_start']}, when it ended {info['load_end']}), "
+        "so every timing interleaves the two tools and reports medians and ratios",
         f"- software: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, torch-pruning "
         f"{m['torch_pruning']}; CPU only, one torch thread per process",
         "", "## Commands", "", "```bash", "make bench    # = .venv/bin/pip install -e '.[bench]' && .venv/bin/python benchmarks/run_all.py",
@@ -301,6 +306,8 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
     for name, cmd in commands.items():
         note = f"   # reused from {reused[name]}" if name in reused else ""
         head.append(f"{PY} {' '.join(cmd)}{note}")
+    if reused:
+        head.append(f"{info['argv']}   # wrote this file")
     head += ["```", ""]
 
     summary = ["## Headlines", ""]
@@ -354,6 +361,21 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
                  "fifth of them, and on a loaded 2-core machine its ratios scatter widely between models of equal "
                  "MACs: read the batch-64 column as indicative only.", "",
                  latency_section(results["quality"]), ""]
+    body += ["## Caveats", "",
+             "- Coverage checks that the pruned model runs with output (1, 1000), nothing more; our numerical "
+             "equivalence on the zoo is `benchmarks/zoo.py`'s job. The parameter ratios differ on some models "
+             "(googlenet, regnet, inception_v3, ViTs) because '50%' means different things: we remove half of every "
+             "prunable group; Torch-Pruning applies its ratio per layer with its own grouping, and on "
+             "torchvision ViTs with `num_heads` given it keeps far more parameters (0.67 vs 0.25).",
+             "- A peer cell 'killed by signal 9' is a subprocess killed by the kernel (most likely out of memory on "
+             "this 24 GiB machine shared with other jobs; not verified further); a timeout is a subprocess still "
+             "running after the limit.",
+             "- Tool speed: our 'prune' column includes choosing the labels (by index, no scoring); the peer's step "
+             "includes its magnitude importance. Neither includes calibration.",
+             "- Quality: the digits test split is small and both models are near 100% after fine-tuning, so the "
+             "'after fine-tuning' ranking is mostly one or two images; 'right after pruning' separates the criteria "
+             "far more. Selection, bisection and cost counting (`pruning.latency.macs`) are the same code path for "
+             "every method; only the importance and the grouping differ.", ""]
     if figs:
         body += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + [""]
     out.write_text("\n".join(head + summary + body))
@@ -370,12 +392,13 @@ def main() -> None:
     out = args.out or ROOT / ("BENCHMARKS.quick.md" if args.quick else "BENCHMARKS.md")
     started = time.perf_counter()
     info = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+            "argv": " ".join([PY, "benchmarks/run_all.py", *sys.argv[1:]]),
             "load_start": load_average()}
     commands = {k: v for k, v in part_commands(args.quick).items() if k not in args.skip}
     results, reused = {}, {}
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results_dir(args.quick).mkdir(parents=True, exist_ok=True)
     for name, cmd in commands.items():
-        path = RESULTS / f"{name}.json"
+        path = results_dir(args.quick) / f"{name}.json"
         if name in args.reuse:
             if not path.exists():
                 raise SystemExit(f"--reuse {name}: {path} does not exist")
@@ -392,7 +415,8 @@ def main() -> None:
         info["test_size"] = len(load_split(ROOT / "data" / "prepared", "test"))
     except Exception:  # noqa: BLE001 - only used for a sentence
         pass
-    figs = figures(results.get("quality", []), results.get("speed", {}).get("rows", []))
+    figs = figures(results.get("quality", []), results.get("speed", {}).get("rows", []),
+                   FIGURES / "quick" if args.quick else FIGURES)
     write_markdown(out, info, results, figs, commands, reused, time.perf_counter() - started, args.quick)
     print(f"wrote {out.relative_to(ROOT)} and {', '.join(figs)}")
 
