@@ -103,8 +103,7 @@ def _like(old: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """``value`` as the same kind of tensor as ``old`` (a Parameter stays a Parameter)."""
     value = value.contiguous()
     if isinstance(old, nn.Parameter):
-        return nn.Parameter(value.clone() if value.data_ptr() == old.data_ptr() else value,
-                            requires_grad=old.requires_grad)
+        return nn.Parameter(value, requires_grad=old.requires_grad)
     return value
 
 

@@ -45,19 +45,23 @@ def broadcast(ctx, out_shape: Sequence[int], inputs: list[tuple[Any, Sequence[in
 
 
 def spatial(ctx, value: tuple, in_shape: Sequence[int], out_shape: Any, trailing: int) -> Any:
-    """An op that works on the last ``trailing`` dims (pooling, resize, pad) and keeps the others."""
+    """An op that works on the last ``trailing`` dims (pooling, resize, pad) and keeps the others.
+
+    Channels in the trailing dims, or in a dim whose size changes, are blocked. Ops returning
+    (values, indices) give both the same channels.
+    """
     nd = len(in_shape)
+    first = out_shape[0] if isinstance(out_shape, list) else out_shape
+    same_rank = is_size(first) and len(first) == nd
     kept = []
     for d, ids in enumerate(value):
-        if ids is not None and (d >= nd - trailing or not is_size(out_shape) or len(out_shape) != nd
-                                or out_shape[d] != in_shape[d]):
+        if ids is not None and (d >= nd - trailing or not same_rank or first[d] != in_shape[d]):
             ctx.space.block(ids)
             ids = None
         kept.append(ids)
-    result = tuple(kept) if is_size(out_shape) and len(out_shape) == nd else ctx.untracked(out_shape)
-    if isinstance(out_shape, list):  # (values, indices)
-        return [tuple(kept)] * len(out_shape)
-    return result
+    if not same_rank:
+        return ctx.untracked(out_shape)
+    return [tuple(kept)] * len(out_shape) if isinstance(out_shape, list) else tuple(kept)
 
 
 def group_dims(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple[list[int], list[int]]] | None:
@@ -131,3 +135,16 @@ def _first_along_others(grid: np.ndarray, keep: int) -> np.ndarray:
 def merge_in_groups(ctx, ids: np.ndarray, groups: int, rep: np.ndarray) -> None:
     """Merge every element of ``ids`` (split into ``groups`` equal runs) with its run's ``rep``."""
     ctx.space.merge(ids, np.repeat(rep, len(ids) // groups))
+
+
+def group_norm_channels(ctx, ids: np.ndarray | None, groups: int, affine: list[np.ndarray]) -> None:
+    """GroupNorm: whole groups are pruned (statistics of the other groups stay exact, ``num_groups``
+    shrinks and stays valid); the affine parameters follow the channels. Without channel ids on the
+    input, the affine parameters cannot be sliced."""
+    if ids is None:
+        for param_ids in affine:
+            ctx.space.block(param_ids)
+        return
+    merge_in_groups(ctx, ids, groups, ids[:: len(ids) // groups])
+    for param_ids in affine:
+        ctx.space.merge(ids, param_ids)

@@ -5,7 +5,7 @@ import numpy as np
 from torch import nn
 
 from .base import Rule, register
-from .common import merge_in_groups, reshape, spatial
+from .common import group_norm_channels, reshape, spatial
 from .tensor_ops import _contract, conv_channels
 
 
@@ -134,13 +134,8 @@ class GroupNormModule(Rule):
     def propagate(self, ctx, node):
         m = ctx.module(node)
         value, _ = _input(ctx, node)
-        ids = value[1]
-        if ids is None:
-            return value
-        merge_in_groups(ctx, ids, m.num_groups, ids[:: len(ids) // m.num_groups])
-        if m.affine:
-            for name in ("weight", "bias"):
-                ctx.space.merge(ids, ctx.param_axis(f"{node.target}.{name}", 0))
+        affine = [ctx.param_axis(f"{node.target}.{name}", 0) for name in ("weight", "bias")] if m.affine else []
+        group_norm_channels(ctx, value[1], m.num_groups, affine)
         return value
 
     def update_module(self, m):

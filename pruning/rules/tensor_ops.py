@@ -12,7 +12,7 @@ from torch import fx
 
 from .base import Rule, arg, flatten_args, is_size, normalize_dim, register
 from ..channels.values import SizeOf
-from .common import broadcast, merge_in_groups, reshape, spatial
+from .common import broadcast, group_norm_channels, merge_in_groups, reshape, spatial
 
 # --------------------------------------------------------------------------------------------
 # Elementwise
@@ -576,7 +576,7 @@ class Conv(Rule):
         for ids in vw[2:]:
             if ids is not None:
                 ctx.space.block(ids)
-        out_ids = vw[0] if vw[0] is not None else None
+        out_ids = vw[0]
         if out_ids is None:
             ctx.block_value(vx)
             return None
@@ -676,14 +676,8 @@ class GroupNormFn(Rule):
 
     def propagate(self, ctx, node):
         vx = ctx.value(node.args[0])
-        groups = arg(node, 1, "num_groups")
-        ids = vx[1]
-        if ids is not None:
-            merge_in_groups(ctx, ids, groups, ids[:: len(ids) // groups])
-            for p in (arg(node, 2, "weight"), arg(node, 3, "bias")):
-                vp = ctx.value(p)
-                if vp is not None:
-                    _contract(ctx, ids, vp[0])
+        affine = [ctx.value(p) for p in (arg(node, 2, "weight"), arg(node, 3, "bias"))]
+        group_norm_channels(ctx, vx[1], arg(node, 1, "num_groups"), [v[0] for v in affine if v is not None])
         return vx
 
     def rewrite(self, rw, node):
