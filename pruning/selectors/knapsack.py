@@ -15,6 +15,13 @@ the selector linearises it around an anchor selection and corrects with real mea
 4. Polish once: the landing was planned with costs measured at the anchor, possibly far away; re-measure
    the costs at the landing and search again from there, which moves labels to where they now cost less.
 
+A latency function that returns two different values for the same model (measured time) is noisy: a
+quarter of one group changes it by less than the noise, so the marginal costs then take their shape from
+MACs (``pruning.latency.macs`` on the snapshot's example input), scaled to the measured latency at the
+anchor; the real measurements still steer the budget. CPU kernels run slower at odd channel counts, so
+measured latency is not monotone in the kept channels: use ``ChannelsConstraint(multiple_of=16)`` (or 8)
+with it.
+
 Large reductions go in steps (as the vendor's ``max_relative_latency_step=0.5``): while the target is
 below half the anchor latency, one solve aims at half of it and the result becomes the new anchor, whose
 costs are re-measured. The best feasible selection found (highest kept score with latency <= target) is
@@ -34,6 +41,7 @@ import numpy as np
 import pulp
 import torch.nn as nn
 
+from ..latency import macs
 from .base import LabelSelector, removal_order, snapshot_scores
 
 __all__ = ["ChannelsConstraint", "KnapsackLabelSelector"]
@@ -141,6 +149,16 @@ class KnapsackLabelSelector(LabelSelector):
                 cache[kept] = _call_latency(self.latency_calculation_function, model)
             return cache[kept]
 
+        proxy_cache: dict[tuple[int, ...], float] = {}
+
+        def proxy(kept: tuple[int, ...]) -> float:
+            """MACs of a selection: a deterministic stand-in for a noisy latency function's shape."""
+            if kept not in proxy_cache:
+                labels = [label for group, k in zip(groups, kept) for label in group.pruned(k)]
+                model = ir.prune(snapshot_name, labels=labels).model if labels else snapshot.model
+                proxy_cache[kept] = macs(snapshot_inputs(snapshot))(model)
+            return proxy_cache[kept]
+
         def kept_score(kept: tuple[int, ...]) -> float:
             return float(sum(group.kept_score[k] for group, k in zip(groups, kept)))
 
@@ -158,11 +176,22 @@ class KnapsackLabelSelector(LabelSelector):
                 f"target_latency={target:.6g} is unreachable: the smallest allowed model (one label per group, "
                 f"or the ChannelsConstraint minimum) has latency {measure(minimal):.6g}; raise the target"
             )
+        # A latency function that gives two values for the same model is noisy (measured time): its
+        # per-group differences drown in the noise, so the costs take their shape from MACs, scaled to
+        # the measured latency at the anchor; real measurements still steer the budget.
+        noisy = _call_latency(self.latency_calculation_function, snapshot.model) != anchor_latency
+        if noisy:
+            self._log("latency function is noisy: marginal costs from MACs scaled to measured latency")
         best = minimal
         iteration, polished = 0, False
         while iteration < self.max_iterations:
             started = time.perf_counter()
-            costs = self._marginal_costs(groups, anchor, anchor_latency, measure)
+            if noisy:
+                scale = anchor_latency / (proxy(anchor) or 1.0)
+                costs = self._marginal_costs(groups, anchor, anchor_latency,
+                                             lambda kept, scale=scale: proxy(kept) * scale)
+            else:
+                costs = self._marginal_costs(groups, anchor, anchor_latency, measure)
             self._log(f"anchor latency {anchor_latency:.6g}: marginal costs of {len(groups)} groups "
                       f"measured in {time.perf_counter() - started:.1f}s")
             final = anchor_latency * (1 - _MAX_RELATIVE_STEP) <= target
@@ -336,6 +365,14 @@ def _label_weights(snapshot: Any) -> np.ndarray:
             per_slice = tensor.numel() // max(tensor.shape[site.dim], 1)
             weights += np.bincount(site.label_index, minlength=snapshot.num_labels) * per_slice
     return weights
+
+
+def snapshot_inputs(snapshot: Any) -> tuple:
+    """The positional example inputs the snapshot was analysed with."""
+    args, kwargs = snapshot._example
+    if kwargs:
+        raise ValueError("a noisy latency function needs a snapshot analysed with positional inputs only")
+    return tuple(args)
 
 
 def _is_number(value: Any) -> bool:
