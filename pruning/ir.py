@@ -70,6 +70,15 @@ class Snapshot:
         self.analyze(*args, **kwargs)
         return self.model(*args, **kwargs)
 
+    def example_args(self) -> tuple[torch.Tensor, ...]:
+        """The positional tensor inputs the snapshot was analysed with (for cost functions and
+        pruning records that rebuild inputs from shapes)."""
+        args, kwargs = self._example if self._example is not None else ((), {})
+        if kwargs or not args or not all(isinstance(a, torch.Tensor) for a in args):
+            raise ValueError(f"snapshot {self.name!r} was not analysed with positional tensor inputs only; "
+                             "pass example_input= (a tensor or a tuple of tensors) to PruningIR")
+        return tuple(args)
+
     @property
     def analysis(self) -> Analysis:
         if self._analysis is None:
@@ -132,16 +141,19 @@ def _detach(value: Any) -> Any:
     return value
 
 
-def _fingerprint(model: fx.GraphModule) -> str:
-    """A deterministic id: the graph's code and every tensor's name, shape and first values.
+def fingerprint(model: fx.GraphModule, values: bool = True) -> str:
+    """A deterministic hash of the graph's code and every tensor's name and shape, and with
+    ``values`` also its first elements.
 
-    Two IRs of the same model get the same id (their labels mean the same channels); a pruned
-    model gets another. Deterministic ids keep saved IRs byte-identical across runs.
+    With values it is the IR id: two IRs of the same model get the same id (their labels mean the
+    same channels), a pruned model gets another, and saved IRs stay byte-identical across runs.
+    Without values it identifies the architecture only (``pruning.replay``).
     """
     digest = hashlib.sha1(model.code.encode())
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().reshape(-1)[:8].to("cpu", torch.float64).numpy().tobytes())
+        if values:
+            digest.update(tensor.detach().reshape(-1)[:8].to("cpu", torch.float64).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -179,7 +191,7 @@ class PruningIR:
         graph_module = model if getattr(model, "_pruning_traced", False) else trace_model(
             model, self.leaf_modules, soft_tracing)
         graph_module._pruning_traced = True
-        self.uid = _fingerprint(graph_module)
+        self.uid = fingerprint(graph_module)
         self._snapshots = {"main": Snapshot(self.uid, "main", graph_module)}
         if example_input is not None:
             args = example_input if isinstance(example_input, tuple) else (example_input,)
@@ -225,7 +237,7 @@ class PruningIR:
         result = self if inplace else PruningIR.__new__(PruningIR)
         result.leaf_modules = self.leaf_modules
         result.soft_tracing = self.soft_tracing
-        result.uid = _fingerprint(pruned)
+        result.uid = fingerprint(pruned)
         result._snapshots = {"main": Snapshot(result.uid, "main", pruned, snapshot._example)}
         return result
 

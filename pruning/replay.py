@@ -8,34 +8,23 @@ unlike dill files of IRs or whole models.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Mapping, Sequence
 
 import torch
-from torch import fx, nn
+from torch import nn
 
-from .ir import Label, PruningIR
+from .ir import Label, PruningIR, fingerprint
 
 FORMAT = 1
-
-
-def structure_fingerprint(model: fx.GraphModule) -> str:
-    """A hash of the traced code and of every parameter's and buffer's name and shape (not values)."""
-    digest = hashlib.sha1(model.code.encode())
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-    return digest.hexdigest()
 
 
 def pruning_record(ir: PruningIR, labels: Sequence[Label]) -> dict[str, Any]:
     """Plain JSON-able data describing ``ir.prune(labels=labels)`` of the ``'main'`` snapshot."""
     snapshot = ir.snapshot()
-    args, kwargs = snapshot._example if snapshot._example is not None else ((), {})
-    if kwargs or not all(isinstance(a, torch.Tensor) for a in args):
-        raise ValueError("pruning_record needs the IR to have been analysed with positional tensor inputs")
+    args = snapshot.example_args()
     return {
         "format": FORMAT,
-        "structure": structure_fingerprint(snapshot.model),
+        "structure": fingerprint(snapshot.model, values=False),
         "inputs": [{"shape": list(a.shape), "dtype": str(a.dtype).removeprefix("torch.")} for a in args],
         "labels": sorted(label.index for label in labels),
     }
@@ -54,7 +43,7 @@ def replay(model: nn.Module, record: Mapping[str, Any],
         raise ValueError(f"unknown pruning record format {record.get('format')!r}; expected {FORMAT}")
     example = tuple(torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"])) for spec in record["inputs"])
     ir = PruningIR(model, leaf_modules=leaf_modules, example_input=example)
-    found = structure_fingerprint(ir.model)
+    found = fingerprint(ir.model, values=False)
     if found != record["structure"]:
         raise ValueError(f"the model's structure ({found[:12]}) is not the one the record was made from "
                          f"({record['structure'][:12]}); build the same architecture (and leaf_modules)")

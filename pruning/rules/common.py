@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from torch import fx
 
 from .base import is_size
 

@@ -156,7 +156,7 @@ class KnapsackLabelSelector(LabelSelector):
             if kept not in proxy_cache:
                 labels = [label for group, k in zip(groups, kept) for label in group.pruned(k)]
                 model = ir.prune(snapshot_name, labels=labels).model if labels else snapshot.model
-                proxy_cache[kept] = macs(snapshot_inputs(snapshot))(model)
+                proxy_cache[kept] = macs(snapshot.example_args())(model)
             return proxy_cache[kept]
 
         def kept_score(kept: tuple[int, ...]) -> float:
@@ -365,14 +365,6 @@ def _label_weights(snapshot: Any) -> np.ndarray:
             per_slice = tensor.numel() // max(tensor.shape[site.dim], 1)
             weights += np.bincount(site.label_index, minlength=snapshot.num_labels) * per_slice
     return weights
-
-
-def snapshot_inputs(snapshot: Any) -> tuple:
-    """The positional example inputs the snapshot was analysed with."""
-    args, kwargs = snapshot._example
-    if kwargs:
-        raise ValueError("a noisy latency function needs a snapshot analysed with positional inputs only")
-    return tuple(args)
 
 
 def _is_number(value: Any) -> bool:
