@@ -29,30 +29,34 @@ def check_selection(snapshot: "Snapshot", labels: Iterable[object]) -> np.ndarra
     Raises ``TypeError`` for non-labels and ``ValueError`` for labels of another IR or snapshot,
     duplicates, unprunable labels, and selections that would empty a group.
     """
-    indices = []
-    seen: set[int] = set()
+    labels = list(labels)
     for label in labels:
         if not isinstance(label, Label):
             raise TypeError(f"labels must be pruning.Label objects from this IR, got {label!r}")
+    for label in labels:  # one pass in the common case; the first foreign label is named
         if label.ir_uid != snapshot.ir_uid:
             raise ValueError(f"{label!r} belongs to another PruningIR (uid {label.ir_uid[:8]}, this one "
                              f"is {snapshot.ir_uid[:8]}); select labels from the IR you prune")
         if label.snapshot != snapshot.name:
             raise ValueError(f"{label!r} belongs to snapshot {label.snapshot!r}, not {snapshot.name!r}; "
                              f"pass name={label.snapshot!r} or select labels of this snapshot")
-        if not 0 <= label.index < snapshot.num_labels:
-            raise ValueError(f"{label!r} is out of range: this snapshot has {snapshot.num_labels} labels")
-        if label.index in seen:
-            raise ValueError(f"{label!r} is selected twice; pass each label once")
-        if not snapshot.analysis.prunable[label.index]:
-            raise ValueError(f"{label!r} is unprunable (its channels reach a model input or output, or "
-                             "an op the IR does not understand); select from snapshot.labels only")
-        seen.add(label.index)
-        indices.append(label.index)
+    indices = np.fromiter((label.index for label in labels), dtype=np.int64, count=len(labels))
+    out_of_range = np.flatnonzero((indices < 0) | (indices >= snapshot.num_labels))
+    if len(out_of_range):
+        raise ValueError(f"{labels[out_of_range[0]]!r} is out of range: this snapshot has "
+                         f"{snapshot.num_labels} labels")
+    order = np.argsort(indices, kind="stable")
+    repeats = order[1:][indices[order][1:] == indices[order][:-1]]
+    if len(repeats):
+        raise ValueError(f"{labels[repeats.min()]!r} is selected twice; pass each label once")
+    unprunable = np.flatnonzero(~snapshot.analysis.prunable[indices])
+    if len(unprunable):
+        raise ValueError(f"{labels[unprunable[0]]!r} is unprunable (its channels reach a model input or "
+                         "output, or an op the IR does not understand); select from snapshot.labels only")
     chosen = np.zeros(snapshot.num_labels, dtype=bool)
     chosen[indices] = True
     for number, group in enumerate(snapshot.analysis.groups):
         if chosen[group].all():
             raise ValueError(f"the selection removes all {len(group)} labels of group {number} "
                              f"(labels {group[:5].tolist()}...); keep at least one label of every group")
-    return np.asarray(indices, dtype=np.int64)
+    return indices

@@ -7,14 +7,14 @@ slice bounds, ``groups``) are updated by the rules that own them.
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any
 
 import numpy as np
 import torch
 from torch import fx, nn
 
-from .channels.propagation import Analysis, get_tensor
+from .channels.propagation import Analysis, get_tensor, named_tensors
 
 
 class Rewriter:
@@ -52,14 +52,15 @@ class Rewriter:
 
 
 def sliced_tensors(graph_module: fx.GraphModule, analysis: Analysis,
-                   keep_label: np.ndarray) -> dict[str, torch.Tensor]:
-    """New values of every parameter/buffer that loses elements, by qualified name."""
+                   keep_label: np.ndarray) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(old tensor, new value) of every parameter/buffer that loses elements, by qualified name."""
     by_name: dict[str, list] = defaultdict(list)
     for site in analysis.sites:
         by_name[site.name].append(site)
+    known = named_tensors(dict(graph_module.named_modules()))
     out = {}
     for name, sites in by_name.items():
-        tensor = get_tensor(graph_module, name)
+        tensor = known[name] if name in known else get_tensor(graph_module, name)
         new = tensor.detach()
         for site in sites:
             mask = keep_label[site.label_index]
@@ -67,7 +68,7 @@ def sliced_tensors(graph_module: fx.GraphModule, analysis: Analysis,
                 index = torch.from_numpy(np.flatnonzero(mask)).to(tensor.device)
                 new = new.index_select(site.dim, index)
         if new.shape != tensor.shape:
-            out[name] = new
+            out[name] = (tensor, new)
     return out
 
 
@@ -77,26 +78,74 @@ def prune_graph_module(graph_module: fx.GraphModule, analysis: Analysis, keep_la
     new_values = sliced_tensors(graph_module, analysis, keep_label)
     if inplace:
         pruned = graph_module
-        replacements = {name: get_tensor(graph_module, name) for name in new_values}
+        for name, (old, value) in new_values.items():
+            _set_tensor(pruned, name, _like(old, value))
     else:
-        memo: dict[int, Any] = {}
-        replacements = {}
-        for name, value in new_values.items():
-            old = get_tensor(graph_module, name)
-            replacements[name] = old
-            memo[id(old)] = _like(old, value)
+        memo: dict[int, Any] = {id(old): _like(old, value) for old, value in new_values.values()}
+        for child in graph_module.children():
+            _copy_module(child, memo)
         pruned = copy.deepcopy(graph_module, memo)
-    if inplace:
-        for name, value in new_values.items():
-            _set_tensor(pruned, name, _like(replacements[name], value))
     for target, rule in analysis.module_rules.items():
         rule.update_module(pruned.get_submodule(target))
     rewriter = Rewriter(analysis, keep_label, pruned)
     nodes = {n.name: n for n in pruned.graph.nodes}
+    changed = False
     for name, rule in analysis.rewrites:
-        rule.rewrite(rewriter, nodes[name])
-    pruned.recompile()
+        node = nodes[name]
+        before = (node.args, node.kwargs)
+        rule.rewrite(rewriter, node)
+        changed = changed or (node.args, node.kwargs) != before
+    if changed:  # the generated code only depends on the graph
+        pruned.recompile()
     return pruned
+
+
+_ATOMIC = (type(None), bool, int, float, str)
+_plain_types: dict[type, bool] = {}
+
+
+def _is_plain(cls: type) -> bool:
+    """True if deepcopy copies ``cls`` like ``nn.Module`` itself: a new object whose
+    ``__setstate__`` receives a copy of ``__dict__`` (no own ``__deepcopy__``, reduce or getstate)."""
+    if cls not in _plain_types:
+        _plain_types[cls] = (getattr(cls, "__deepcopy__", None) is None
+                             and cls.__reduce_ex__ is object.__reduce_ex__ and cls.__reduce__ is object.__reduce__
+                             and cls.__getstate__ is nn.Module.__getstate__)
+    return _plain_types[cls]
+
+
+def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """``copy.deepcopy(module, memo)``, several times faster for plain modules.
+
+    deepcopy's generic reduce/reconstruct path dominates pruning small models: every module carries
+    about twenty attributes, most of them empty hook dicts. Plain modules are rebuilt attribute by
+    attribute instead (atomic values and tuples of them shared, empty containers recreated, submodules recursed into,
+    everything else deep-copied with the same memo, so sliced tensors placed in it are used); modules
+    with their own copy protocol go through deepcopy itself.
+    """
+    if id(module) in memo:
+        return memo[id(module)]
+    cls = type(module)
+    if not _is_plain(cls):
+        return copy.deepcopy(module, memo)
+    new = cls.__new__(cls)
+    memo[id(module)] = new
+    state = {}
+    for key, value in module.__dict__.items():
+        kind = type(value)
+        if key == "_compiled_call_impl":  # dropped by nn.Module.__getstate__ as well
+            continue
+        if kind in _ATOMIC or (kind is tuple and all(type(v) in _ATOMIC for v in value)):
+            state[key] = value
+        elif key == "_modules":
+            state[key] = kind((name, None if child is None else _copy_module(child, memo))
+                              for name, child in value.items())
+        elif kind in (dict, OrderedDict, set, list) and not value:
+            state[key] = kind()
+        else:
+            state[key] = copy.deepcopy(value, memo)
+    new.__setstate__(state)
+    return new
 
 
 def _like(old: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

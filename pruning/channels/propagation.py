@@ -52,6 +52,18 @@ class Analysis:
     module_rules: dict[str, base.Rule] = field(repr=False)
 
 
+def named_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by qualified name, from ``dict(model.named_modules())`` (one walk
+    of the module tree instead of one per ``named_parameters``/``named_buffers`` call)."""
+    out = {}
+    for prefix, module in modules.items():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is not None:
+                    out[f"{prefix}.{name}" if prefix else name] = tensor
+    return out
+
+
 def get_tensor(module: nn.Module, name: str) -> torch.Tensor:
     """The parameter, buffer or tensor attribute at a qualified name."""
     owner, _, attr = name.rpartition(".")
@@ -68,6 +80,7 @@ class Context:
         self._sites: dict[tuple[str, int], np.ndarray] = {}
         self._flow: list[np.ndarray] = []
         self._modules = dict(graph_module.named_modules())
+        self._tensors = named_tensors(self._modules)
 
     # --- reading -------------------------------------------------------------------------
     def value(self, a: Any) -> Any:
@@ -107,7 +120,8 @@ class Context:
         """Channel ids of dimension ``dim`` of parameter/buffer ``name`` (created on first use)."""
         key = (name, dim)
         if key not in self._sites:
-            self._sites[key] = self.space.fresh(get_tensor(self.graph_module, name).shape[dim])
+            tensor = self._tensors[name] if name in self._tensors else get_tensor(self.graph_module, name)
+            self._sites[key] = self.space.fresh(tensor.shape[dim])
         return self._sites[key]
 
     def block_value(self, value: Any) -> None:
@@ -179,38 +193,39 @@ class Context:
 
     def _finish(self, rewrites: list[tuple[str, base.Rule]], module_rules: dict[str, base.Rule]) -> Analysis:
         label_of_id, count, blocked, normalized = self.space.components()
+        flow = label_of_id[np.concatenate(self._flow)] if self._flow else np.zeros(0, dtype=np.int64)
         in_flow = np.zeros(count, dtype=bool)
-        if self._flow:
-            in_flow[label_of_id[np.concatenate(self._flow)]] = True
+        in_flow[flow] = True
         # A label that never reaches a tensor flowing through the graph only lives in some parameter
         # dimension no rule understood: never prune it.
         prunable = ~blocked & in_flow
         sites = [ParamSite(name, dim, label_of_id[ids]) for (name, dim), ids in self._sites.items()]
-        groups = _groups(label_of_id, count, prunable, [s.label_index for s in sites] +
-                         [label_of_id[a] for a in self._flow])
+        groups = _groups(count, prunable, np.concatenate([s.label_index for s in sites] + [flow]),
+                         [len(s.label_index) for s in sites] + [len(a) for a in self._flow])
         node_ids = {n.name: self.values.get(n) for n in self.graph_module.graph.nodes}
         shapes = {n.name: n.meta.get("pruning_shape") for n in self.graph_module.graph.nodes}
         return Analysis(label_of_id, count, prunable, normalized, sites, groups, node_ids, shapes,
                         rewrites, module_rules)
 
 
-def _groups(label_of_id: np.ndarray, count: int, prunable: np.ndarray,
-            arrays: list[np.ndarray]) -> list[np.ndarray]:
+def _groups(count: int, prunable: np.ndarray, labels: np.ndarray, lengths: list[int]) -> list[np.ndarray]:
     """Group labels that appear in exactly the same parameter dimensions and tensor dimensions.
 
-    Keeping at least one label per group therefore keeps every such dimension non-empty. The
-    signature of a label is a sum of random 64-bit keys of the places it appears in.
+    ``labels`` holds the labels of every place (parameter dim or tensor dim) one after another,
+    ``lengths`` how many belong to each place. Keeping at least one label per group therefore keeps
+    every such dimension non-empty. The signature of a label is a sum of random 64-bit keys of the
+    places it appears in.
     """
     candidates = np.flatnonzero(prunable)
     if len(candidates) == 0:
         return []
-    keys = np.random.default_rng(0).integers(1, 2**62, size=len(arrays), dtype=np.int64).astype(np.uint64)
-    labels = np.concatenate(arrays)
-    places = np.concatenate([np.full(len(a), i, dtype=np.int64) for i, a in enumerate(arrays)])
-    pairs = np.sort(labels * len(arrays) + places)  # sort-based: np.unique hashes slowly here
+    n = len(lengths)
+    keys = np.random.default_rng(0).integers(1, 2**62, size=n, dtype=np.int64).astype(np.uint64)
+    places = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    pairs = np.sort(labels * n + places)  # sort-based: np.unique hashes slowly here
     pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
     signature = np.zeros(count, dtype=np.uint64)
-    np.add.at(signature, pairs // len(arrays), keys[pairs % len(arrays)])
+    np.add.at(signature, pairs // n, keys[pairs % n])
     order = np.argsort(signature[candidates], kind="stable")
     bounds = np.flatnonzero(np.diff(signature[candidates][order])) + 1
     groups = np.split(candidates[order], bounds)

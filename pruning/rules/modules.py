@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch import nn
 
 from .base import Rule, register
@@ -12,6 +13,10 @@ from .tensor_ops import _contract, conv_channels
 def _input(ctx, node):
     x = node.args[0]
     return ctx.value(x), ctx.shape(x)
+
+
+def _same_shape(module: nn.Module, shape: torch.Size) -> torch.Size:
+    return shape
 
 
 @register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -30,6 +35,19 @@ class ConvModule(Rule):
             ctx.space.merge(out_ids, ctx.param_axis(f"{name}.bias", 0))
         channel_dim = len(shape) - m.weight.dim() + 1
         return (None,) * channel_dim + (out_ids,) + (None,) * (len(shape) - channel_dim - 1)
+
+    def output_shape(self, m, shape):
+        k = m.weight.dim() - 2
+        if len(shape) not in (k + 1, k + 2) or shape[-k - 1] != m.weight.shape[1] * m.groups:
+            return None
+        if m.padding == "same":
+            return (*shape[:-k - 1], m.weight.shape[0], *shape[-k:])
+        padding = (0,) * k if m.padding == "valid" else m.padding
+        sizes = [(size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1 for size, pad, dilation, kernel, stride
+                 in zip(shape[-k:], padding, m.dilation, m.weight.shape[2:], m.stride)]
+        if min(sizes) < 1:
+            return None
+        return (*shape[:-k - 1], m.weight.shape[0], *sizes)
 
     def update_module(self, m):
         if m.groups > 1:
@@ -71,6 +89,11 @@ class LinearModule(Rule):
             ctx.space.merge(out_ids, ctx.param_axis(f"{node.target}.bias", 0))
         return value[:-1] + (out_ids,)
 
+    def output_shape(self, m, shape):
+        if len(shape) == 0 or shape[-1] != m.weight.shape[1]:
+            return None
+        return (*shape[:-1], m.weight.shape[0])
+
     def update_module(self, m):
         m.out_features, m.in_features = m.weight.shape
 
@@ -82,6 +105,8 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
 @register(*_NORMS)
 class BatchNormModule(Rule):
     """Per-channel normalisation: weight, bias and running statistics follow the channel dim."""
+
+    output_shape = staticmethod(_same_shape)
 
     def propagate(self, ctx, node):
         m = ctx.module(node)
@@ -105,6 +130,8 @@ class BatchNormModule(Rule):
 @register(nn.LayerNorm)
 class LayerNormModule(Rule):
     """LayerNorm over trailing dims; without affine weights those dims cannot be resized."""
+
+    output_shape = staticmethod(_same_shape)
 
     def propagate(self, ctx, node):
         m = ctx.module(node)
@@ -130,6 +157,8 @@ class LayerNormModule(Rule):
 @register(nn.GroupNorm)
 class GroupNormModule(Rule):
     """GroupNorm: pruned by whole groups, so ``num_groups`` shrinks and stays valid."""
+
+    output_shape = staticmethod(_same_shape)
 
     def propagate(self, ctx, node):
         m = ctx.module(node)
@@ -163,6 +192,8 @@ except ImportError:  # pragma: no cover
 class ElementwiseModule(Rule):
     """Activation, dropout, identity: channels pass through unchanged."""
 
+    output_shape = staticmethod(_same_shape)
+
     def propagate(self, ctx, node):
         return ctx.value(node.args[0]) if node.args else None
 
@@ -170,6 +201,8 @@ class ElementwiseModule(Rule):
 @register(nn.PReLU)
 class PReLUModule(Rule):
     """PReLU: a per-channel slope follows the channel dim (a single shared slope needs nothing)."""
+
+    output_shape = staticmethod(_same_shape)
 
     def propagate(self, ctx, node):
         m = ctx.module(node)
@@ -210,6 +243,10 @@ _SPATIAL_MODULES = {
 }
 
 
+_ADAPTIVE_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+                   nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+
+
 @register(*_SPATIAL_MODULES, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
 class SpatialModule(Rule):
     """Pooling, padding and upsampling act on trailing spatial dims only."""
@@ -218,6 +255,14 @@ class SpatialModule(Rule):
         value, shape = _input(ctx, node)
         trailing = _SPATIAL_MODULES.get(type(ctx.module(node)), len(shape) - 2)
         return spatial(ctx, value, shape, ctx.shape(node), trailing)
+
+    def output_shape(self, m, shape):
+        if not isinstance(m, _ADAPTIVE_POOLS) or getattr(m, "return_indices", False) \
+                or len(shape) <= _SPATIAL_MODULES[type(m)]:
+            return None
+        k = _SPATIAL_MODULES[type(m)]
+        size = (m.output_size,) * k if isinstance(m.output_size, int) else tuple(m.output_size)
+        return (*shape[:-k], *(old if new is None else new for old, new in zip(shape[-k:], size)))
 
 
 @register(nn.Flatten, nn.Unflatten)

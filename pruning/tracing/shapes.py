@@ -4,8 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import fx, nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch import fx
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+from ..rules.base import CONSERVATIVE, MODULE_RULES
 
 
 def shape_of(value: Any) -> Any:
@@ -36,26 +38,33 @@ def bind_inputs(graph_module: fx.GraphModule, args: tuple, kwargs: dict) -> tupl
     return tuple(values)
 
 
-#: Modules whose output is a tensor shaped like their input: the shape pass skips running them
-#: (fake-tensor batch norm alone would cost most of the pass).
-_SHAPE_PRESERVING = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.GroupNorm,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU,
-    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.Dropout, nn.Dropout2d,
-    nn.Identity,
-)
-
-
 class _Recorder(fx.Interpreter):
-    def __init__(self, module: fx.GraphModule, skip_shape_preserving: bool) -> None:
+    """Runs the graph and stores every node's output shape.
+
+    On fake tensors (``fake=True``) it avoids fake-tensor dispatch where it can, since that dominates
+    the pass: a module whose rule knows its output shape (``Rule.output_shape``) is not run, its
+    output is an empty fake tensor of that shape; parameters read by ``get_attr`` become empty fake
+    tensors instead of being converted one by one.
+    """
+
+    def __init__(self, module: fx.GraphModule, fake: bool) -> None:
         super().__init__(module)
-        self.skip = skip_shape_preserving
+        self.fake = fake
 
     def call_module(self, target, args, kwargs):
-        if self.skip and isinstance(self.fetch_attr(target), _SHAPE_PRESERVING) and len(args) == 1 \
-                and not kwargs and isinstance(args[0], torch.Tensor):
-            return args[0]
+        if self.fake and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            module = self.fetch_attr(target)
+            x = args[0]
+            shape = MODULE_RULES.get(type(module), CONSERVATIVE).output_shape(module, x.shape)
+            if shape is not None:
+                return x if tuple(shape) == tuple(x.shape) else torch.empty(shape, dtype=x.dtype, device=x.device)
         return super().call_module(target, args, kwargs)
+
+    def get_attr(self, target, args, kwargs):
+        value = super().get_attr(target, args, kwargs)
+        if self.fake and isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
+            return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device)
+        return value
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
@@ -66,8 +75,9 @@ class _Recorder(fx.Interpreter):
 def record_shapes(graph_module: fx.GraphModule, args: tuple, kwargs: dict) -> None:
     """Run the graph once without gradients and in eval mode, storing shapes in ``node.meta``.
 
-    The pass runs on fake tensors (shapes only, no arithmetic), which makes it nearly free; an op
-    without a fake-tensor implementation makes it run again on the real inputs. Eval mode keeps
+    The pass runs on fake tensors (shapes only, no arithmetic), skipping modules whose output shape
+    their rule computes, which makes it nearly free; an op without a fake-tensor implementation
+    makes it run again on the real inputs. Eval mode keeps
     BatchNorm statistics untouched and lets batch-size-1 inputs through; the modes of all modules are
     restored afterwards.
     """
@@ -80,9 +90,9 @@ def record_shapes(graph_module: fx.GraphModule, args: tuple, kwargs: dict) -> No
                 with FakeTensorMode(allow_non_fake_inputs=True) as mode:
                     fake = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
                                  for a in inputs)
-                    _Recorder(graph_module, True).run(*fake)
+                    _Recorder(graph_module, fake=True).run(*fake)
             except Exception:  # noqa: BLE001 - some op has no fake kernel: measure for real
-                _Recorder(graph_module, False).run(*inputs)
+                _Recorder(graph_module, fake=False).run(*inputs)
     finally:
         for module, mode in modes.items():
             module.training = mode

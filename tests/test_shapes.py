@@ -1,0 +1,99 @@
+"""The shape pass: shapes that rules compute without running a module match the real outputs."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from pruning import PruningIR
+from pruning.rules.base import MODULE_RULES
+from pruning.surgery import _copy_module
+from pruning.tracing import record_shapes, trace_model
+
+CASES = [
+    (nn.Conv1d(4, 6, 3), (2, 4, 17)),
+    (nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2), (4, 20)),  # unbatched
+    (nn.Conv2d(4, 8, (3, 5), stride=(2, 1), padding=(1, 2)), (1, 4, 15, 16)),
+    (nn.Conv2d(4, 8, 3, padding="same", dilation=2, padding_mode="reflect"), (1, 4, 9, 9)),
+    (nn.Conv2d(4, 8, 4, padding="valid", stride=3), (2, 4, 14, 11)),
+    (nn.Conv2d(6, 6, 3, groups=3, padding=1, padding_mode="circular"), (1, 6, 7, 8)),
+    (nn.Conv2d(8, 8, 3, groups=8, stride=2), (1, 8, 10, 10)),
+    (nn.Conv3d(2, 3, (1, 3, 3), padding=(0, 1, 1), stride=(1, 2, 2)), (1, 2, 4, 9, 9)),
+    (nn.Linear(5, 7), (3, 4, 5)),
+    (nn.Linear(5, 7, bias=False), (5,)),
+    (nn.AdaptiveAvgPool2d((3, None)), (2, 4, 10, 11)),
+    (nn.AdaptiveAvgPool1d(4), (3, 10)),
+    (nn.AdaptiveMaxPool3d(2), (1, 2, 6, 6, 6)),
+    (nn.BatchNorm2d(4), (2, 4, 5, 5)),
+    (nn.LayerNorm(6), (2, 3, 6)),
+    (nn.GroupNorm(2, 4), (2, 4, 5)),
+    (nn.GELU(), (2, 3)),
+    (nn.PReLU(4), (2, 4, 3)),
+]
+
+
+@pytest.mark.parametrize("module,shape", CASES, ids=lambda v: type(v).__name__ if isinstance(v, nn.Module) else "")
+def test_output_shape_matches_the_real_module(module, shape):
+    module.eval()
+    with torch.no_grad():
+        expected = tuple(module(torch.randn(shape)).shape)
+    assert MODULE_RULES[type(module)].output_shape(module, torch.Size(shape)) == expected
+
+
+@pytest.mark.parametrize("module,shape", [
+    (nn.Conv2d(4, 8, 3), (1, 5, 9, 9)),  # wrong input channels
+    (nn.Conv2d(4, 8, 5), (1, 4, 3, 3)),  # kernel larger than the padded input
+    (nn.Linear(5, 7), (3, 6)),
+    (nn.AdaptiveMaxPool2d(2, return_indices=True), (1, 2, 6, 6)),  # returns a tuple
+])
+def test_output_shape_declines_inputs_it_does_not_model(module, shape):
+    assert MODULE_RULES[type(module)].output_shape(module, torch.Size(shape)) is None
+
+
+def test_shape_pass_reports_the_real_error_for_a_bad_input():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 2))
+    with pytest.raises(ValueError, match="cannot run on the example input"):
+        PruningIR(model, example_input=torch.randn(1, 4, 8, 8))
+
+
+def test_recorded_shapes_equal_a_real_forward():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, groups=8), nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten(),
+                          nn.Linear(48, 5)).eval()
+    graph_module = trace_model(model)
+    x = torch.randn(2, 3, 17, 15)
+    record_shapes(graph_module, (x,), {})
+    real: dict[str, torch.Size] = {}
+    out = x
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module":
+            out = graph_module.get_submodule(node.target)(out)
+            real[node.name] = out.shape
+    assert {n.name: n.meta["pruning_shape"] for n in graph_module.graph.nodes if n.op == "call_module"} == real
+
+
+class _WithState(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.table = {"scale": [1.0, 2.0]}
+        self.register_buffer("steps", torch.zeros(()))
+        self.register_forward_hook(lambda *args: None)
+
+
+def test_module_copy_is_a_deep_copy():
+    module = _WithState()
+    memo: dict = {}
+    copied = _copy_module(module, memo)
+    reference = copy.deepcopy(module)
+    assert type(copied) is _WithState and copied.conv is not module.conv
+    assert copied.table == module.table and copied.table is not module.table
+    assert copied.table["scale"] is not module.table["scale"]
+    assert copied.conv.weight is not module.conv.weight and torch.equal(copied.conv.weight, module.conv.weight)
+    assert copied.conv.weight.data_ptr() != module.conv.weight.data_ptr()
+    assert len(copied._forward_hooks) == 1 and copied._forward_hooks is not module._forward_hooks
+    assert set(copied.state_dict()) == set(reference.state_dict())
+    copied.conv.out_channels = 3
+    assert module.conv.out_channels == 4
