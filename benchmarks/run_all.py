@@ -43,7 +43,7 @@ def part_commands(quick: bool) -> dict[str, list[str]]:
     out = results_dir(quick).relative_to(ROOT)
     return {
         "coverage": ["benchmarks/coverage.py", *q, "--timeout", "120" if quick else "600", "--jobs", "2", "--json", f"{out}/coverage.json"],
-        "speed": ["benchmarks/speed.py", *q, "--repeats", "5", "--calibration", "--json", f"{out}/speed.json"],
+        "speed": ["benchmarks/speed.py", *q, "--repeats", "7", "--calibration", "--json", f"{out}/speed.json"],
         "quality": ["benchmarks/quality.py", *q, "--jobs", "2", "--finetune-epochs", "5", "--json", f"{out}/quality.json"],
     }
 

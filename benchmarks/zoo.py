@@ -34,10 +34,10 @@ def half_of_every_group(snapshot, exact_only: bool = False) -> list:
     analysis = snapshot.analysis
     chosen = []
     for group in analysis.groups:
-        usable = [i for i in group if not (exact_only and analysis.normalized[i])]
+        usable = group[~analysis.normalized[group]] if exact_only else group
         if len(usable) == len(group):
             usable = usable[: len(group) // 2]
-        chosen += [snapshot.label(i) for i in usable[: (len(group) + 1) // 2]]
+        chosen += [snapshot.label(i) for i in usable[: (len(group) + 1) // 2].tolist()]
     return chosen
 
 
