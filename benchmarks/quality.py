@@ -19,10 +19,13 @@ every method), methods:
   calibration batches), per layer (uniform) and global, ratio bisected to meet the same target
   (``benchmarks/peer.py``).
 Every pruned model then gets the same budget as the ``finetune`` stage: BatchNorm re-estimation over
-``finetune.bn_batches`` batches and ``finetune.epochs`` epochs of the ``train`` optimizer, same seed and
-data order. Accuracy on the test split: right after pruning, after BatchNorm re-estimation, after
-fine-tuning. Latency (CPU, one thread): median over interleaved rounds of all models (each round: median
-of ``latency.repeats`` forward passes after ``latency.warmup``), at batch 1 (``latency.batch_size``) and 64.
+``finetune.bn_batches`` batches and ``finetune.epochs`` epochs of the ``train`` optimizer, run ``--seeds``
+times (seeds ``seed``, ``seed + 1``...: data order and optimizer state differ; every method sees the same
+seeds). Accuracy on the test split: right after pruning, after BatchNorm re-estimation and after
+fine-tuning (both means over the seeds; the table also gives the fine-tuned range). With a 270-image test
+split one image is 0.0037, so a single fine-tuning run cannot rank methods that close. Latency (CPU, one thread): median over interleaved rounds of all models (each round: median
+of ``latency.repeats`` forward passes after ``latency.warmup``), at batch 1 (``latency.batch_size``) and 64;
+the unpruned model traced into a GraphModule (the form of our pruned models) is measured with them.
 """
 from __future__ import annotations
 
@@ -114,20 +117,28 @@ def calibrate(ir: PruningIR, batches: list) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def finetune(model: nn.Module, params: Params, data_dir: Path, device, test_loader, quick_epochs=None) -> dict:
-    seed = params.get_int("seed")
-    seed_everything(seed)
-    train_loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True, seed=seed)
-    result = {"acc_pruned": accuracy(model, test_loader, device)}
-    recalibrate_batchnorm(model, train_loader, device, params.get_int("finetune.bn_batches"))
-    result["acc_bn"] = accuracy(model, test_loader, device)
-    epochs = params.get_int("finetune.epochs") if quick_epochs is None else quick_epochs
+def finetune(model: nn.Module, params: Params, data_dir: Path, device, test_loader, seeds: int = 1) -> dict:
+    """The ``finetune`` stage's budget on copies of ``model``, once per seed (``seed``, ``seed + 1``...: the
+    data order and initial state of the optimizer differ); accuracies after BN re-estimation and after
+    fine-tuning are the means over seeds, with the per-seed values kept."""
+    result = {"acc_pruned": accuracy(model, test_loader, device), "acc_bn_seeds": [], "acc_finetuned_seeds": []}
+    epochs = params.get_int("finetune.epochs")
     started = time.perf_counter()
-    train_epochs(model, train_loader, params, epochs, device, desc="finetune")
+    for offset in range(seeds):
+        seed = params.get_int("seed") + offset
+        tuned = copy.deepcopy(model)
+        seed_everything(seed)
+        train_loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True,
+                                   seed=seed)
+        recalibrate_batchnorm(tuned, train_loader, device, params.get_int("finetune.bn_batches"))
+        result["acc_bn_seeds"].append(accuracy(tuned, test_loader, device))
+        train_epochs(tuned, train_loader, params, epochs, device, desc=f"finetune seed {seed}")
+        result["acc_finetuned_seeds"].append(accuracy(tuned, test_loader, device))
     result["finetune_s"] = time.perf_counter() - started
     result["finetune_epochs"] = epochs
-    result["acc_finetuned"] = accuracy(model, test_loader, device)
-    model.eval()
+    # Rounded so that equal image counts give equal means (float sums in another order differ in the last bit).
+    result["acc_bn"] = round(statistics.fmean(result["acc_bn_seeds"]), 9)
+    result["acc_finetuned"] = round(statistics.fmean(result["acc_finetuned_seeds"]), 9)
     return result
 
 
@@ -180,7 +191,8 @@ def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, d
 def measure_latency(rows: list[dict], example: torch.Tensor, params: Params, rounds: int, batches=(1, 64)) -> None:
     """Interleaved rounds over all models: each round measures every model once per batch size."""
     warmup, repeats = params.get_int("latency.warmup"), params.get_int("latency.repeats")
-    samples = {(id(r), b): [] for r in rows if "pruned_model" in r for b in batches}
+    models = {(id(r), key): r[key] for r in rows for key in ("pruned_model", "traced_model") if key in r}
+    samples = {(model_key, b): [] for model_key in models for b in batches}
     for _ in range(rounds):
         for b in batches:
             # batch 1: latency.warmup / latency.repeats as params.yaml says; larger batches: a fifth of them
@@ -188,17 +200,17 @@ def measure_latency(rows: list[dict], example: torch.Tensor, params: Params, rou
             scale = 1 if b == 1 else 5
             measure = latency.measured_latency(example[:1].expand(b, *example.shape[1:]).contiguous(),
                                                warmup=max(2, warmup // scale), repeats=max(10, repeats // scale))
-            for r in rows:
-                if "pruned_model" in r:
-                    samples[(id(r), b)].append(measure(r["pruned_model"]))
+            for model_key, model in models.items():
+                samples[(model_key, b)].append(measure(model))
     for r in rows:
-        if "pruned_model" in r:
-            for b in batches:
-                r[f"latency_b{b}_ms"] = statistics.median(samples[(id(r), b)])
+        for key, prefix in (("pruned_model", "latency"), ("traced_model", "latency_traced")):
+            if key in r:
+                for b in batches:
+                    r[f"{prefix}_b{b}_ms"] = statistics.median(samples[((id(r), key), b)])
 
 
 def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=print, save=None,
-        done: list[dict] | None = None, finetune_epochs: int | None = None) -> list[dict]:
+        done: list[dict] | None = None, finetune_epochs: int | None = None, seeds: int = 1) -> list[dict]:
     """All models; ``save(rows)`` after each model; models already in ``done`` (rows of an earlier run)
     are kept as they are and not run again."""
     warnings.filterwarnings("ignore")
@@ -223,6 +235,10 @@ def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=p
             continue
         log(f"{name}: selecting")
         model_rows = prune_all(name, targets, params, data_dir, device, log=log)
+        # The unpruned model as our pruned models are built (a torch.fx GraphModule): measured with the rest,
+        # it separates the cost of the GraphModule's forward from the effect of pruning.
+        base = model_rows[0]
+        base["traced_model"] = PruningIR(copy.deepcopy(base["pruned_model"]), example_input=example).model.eval()
         measure_latency(model_rows, example, params, rounds)
         base = model_rows[0]
         for r in model_rows:
@@ -231,16 +247,17 @@ def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=p
             for b in (1, 64):
                 r[f"latency_ratio_b{b}"] = r[f"latency_b{b}_ms"] / base[f"latency_b{b}_ms"]
             r["macs_ratio"] = r["macs"] / base["macs"]
-            tuned = copy.deepcopy(r["pruned_model"])
+            r["test_images"] = len(test_loader.dataset)
             if r["method"] == "baseline":
-                r.update({"acc_pruned": accuracy(tuned, test_loader, device)})
+                r.update({"acc_pruned": accuracy(copy.deepcopy(r["pruned_model"]), test_loader, device)})
                 r["acc_bn"] = r["acc_finetuned"] = r["acc_pruned"]
             else:
-                r.update(finetune(tuned, params, data_dir, device, test_loader))
+                r.update(finetune(r["pruned_model"], params, data_dir, device, test_loader, seeds=seeds))
                 log(f"  {name} {r['target']:.0%} {r['method']}: MACs {r['macs_ratio']:.3f}, acc {r['acc_pruned']:.3f} -> "
                     f"{r['acc_bn']:.3f} (BN) -> {r['acc_finetuned']:.3f}")
         for r in model_rows:
             r.pop("pruned_model", None)
+            r.pop("traced_model", None)
         rows += model_rows
         if save is not None:
             save(rows)
@@ -257,6 +274,12 @@ def _best(rows: list[dict], key: str) -> dict:
     return best
 
 
+def _spread(row: dict) -> str:
+    """`` (min-max)`` of the per-seed fine-tuned accuracies when there are several."""
+    seeds = row.get("acc_finetuned_seeds", [])
+    return f" ({min(seeds):.3f}-{max(seeds):.3f})" if len(seeds) > 1 else ""
+
+
 def markdown(rows: list[dict]) -> str:
     """One table per model; a method's cell is bold when it is the best at that target (ties included)."""
     best_pruned, best_ft = _best(rows, "acc_pruned"), _best(rows, "acc_finetuned")
@@ -264,7 +287,7 @@ def markdown(rows: list[dict]) -> str:
     for model in dict.fromkeys(r["model"] for r in rows):
         out += [f"#### {model}", "",
                 "| target | method | MACs (ratio) | params | latency b1 ms (ratio) | latency b64 ms (ratio) "
-                "| acc. pruned | acc. after BN re-est. | acc. fine-tuned | verdict |",
+                "| acc. pruned | acc. after BN re-est. | acc. fine-tuned (seeds' range) | verdict |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["model"] == model):
             label = "100%" if r["method"] == "baseline" else f"{r['target']:.0%}"
@@ -291,7 +314,7 @@ def markdown(rows: list[dict]) -> str:
                 f"{r['latency_b1_ms']:.3f} ({r['latency_ratio_b1']:.2f}) | {r['latency_b64_ms']:.2f} ({r['latency_ratio_b64']:.2f}) | "
                 f"{bold(r['acc_pruned'], best_pruned.get(k) if r['method'] != 'baseline' else None)} | "
                 f"{r['acc_bn']:.3f} | "
-                f"{bold(r['acc_finetuned'], best_ft.get(k) if r['method'] != 'baseline' else None)} | {verdict} |"
+                f"{bold(r['acc_finetuned'], best_ft.get(k) if r['method'] != 'baseline' else None)}{_spread(r)} | {verdict} |"
             )
         out.append("")
     return "\n".join(out)
@@ -316,6 +339,7 @@ def _parallel(models: list[str], args: argparse.Namespace) -> list[dict]:
             cmd.append("--quick")
         if args.finetune_epochs is not None:
             cmd += ["--finetune-epochs", str(args.finetune_epochs)]
+        cmd += ["--seeds", str(args.seeds)]
         procs[m] = subprocess.Popen(cmd, cwd=ROOT)
     for m, proc in procs.items():
         if proc.wait() != 0:
@@ -336,9 +360,13 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the models already in --json, run the rest")
     parser.add_argument("--finetune-epochs", type=int,
                         help="fine-tuning epochs for every method (default: params.yaml finetune.epochs)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="fine-tuning runs per pruned model (seeds seed, seed+1, ...); accuracies are means")
     parser.add_argument("--jobs", type=int, default=1, help="models in parallel, one subprocess each (default 1)")
     args = parser.parse_args()
     models, targets, rounds = (["default"], [0.5], 2) if args.quick else (args.models, args.targets, args.rounds)
+    if args.quick:
+        args.seeds = 1
     if args.jobs > 1 and len(models) > 1:
         rows = _parallel(models, args)
         print(markdown(rows))
@@ -354,7 +382,7 @@ def main() -> None:
 
     done = json.loads(args.json.read_text()) if args.resume and args.json and args.json.exists() else None
     rows = run(models, targets, args.quick, rounds, log=lambda s: print(s, flush=True), save=save, done=done,
-               finetune_epochs=args.finetune_epochs)
+               finetune_epochs=args.finetune_epochs, seeds=args.seeds)
     print(markdown(rows))
 
 

@@ -44,7 +44,7 @@ def part_commands(quick: bool) -> dict[str, list[str]]:
     return {
         "coverage": ["benchmarks/coverage.py", *q, "--timeout", "120" if quick else "600", "--jobs", "2", "--json", f"{out}/coverage.json"],
         "speed": ["benchmarks/speed.py", *q, "--repeats", "7", "--calibration", "--json", f"{out}/speed.json"],
-        "quality": ["benchmarks/quality.py", *q, "--jobs", "2", "--finetune-epochs", "5", "--json", f"{out}/quality.json"],
+        "quality": ["benchmarks/quality.py", *q, "--jobs", "2", "--finetune-epochs", "5", "--seeds", "3", "--json", f"{out}/quality.json"],
     }
 
 
@@ -224,7 +224,8 @@ def quality_losses(rows: list[dict]) -> list[str]:
             best_peer = max(peer, key=lambda r: r[key])
             if best_ours[key] < best_peer[key]:
                 losses.append(f"quality: **{model} at {target:.0%} MACs, {what}**: our best {best_ours[key]:.3f} "
-                              f"({best_ours['method']}) < {best_peer[key]:.3f} ({best_peer['method']})")
+                              f"({best_ours['method']}) < {best_peer[key]:.3f} ({best_peer['method']})"
+                              + _significance(best_ours, best_peer, key))
     methods = list(dict.fromkeys(r["method"] for r in rows if r.get("tool") == "ours"))
     for method in methods:
         for key, what in (("acc_pruned", "right after pruning"), ("acc_finetuned", "after fine-tuning")):
@@ -244,9 +245,24 @@ def quality_losses(rows: list[dict]) -> list[str]:
     return losses
 
 
+def _significance(ours: dict, peer: dict, key: str) -> str:
+    """How large a gap in accuracy is: in test images, and whether the seeds' ranges overlap."""
+    parts = []
+    if "test_images" in ours:
+        parts.append(f"mean gap {(peer[key] - ours[key]) * ours['test_images']:.1f} of {ours['test_images']} test images")
+    seeds = f"{key}_seeds"
+    if len(ours.get(seeds, [])) > 1 and len(peer.get(seeds, [])) > 1:
+        overlap = max(ours[seeds]) >= min(peer[seeds])
+        parts.append(f"{len(ours[seeds])} seeds each, ranges {min(ours[seeds]):.3f}-{max(ours[seeds]):.3f} vs "
+                     f"{min(peer[seeds]):.3f}-{max(peer[seeds]):.3f}" + (" overlap" if overlap else " do not overlap"))
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def finetune_budget(rows: list[dict]) -> str:
     epochs = sorted({r["finetune_epochs"] for r in rows if "finetune_epochs" in r})
-    return "BatchNorm re-estimation + " + "/".join(map(str, epochs)) + " epoch(s)"
+    seeds = sorted({len(r["acc_finetuned_seeds"]) for r in rows if "acc_finetuned_seeds" in r})
+    runs = f", {'/'.join(map(str, seeds))} seed(s), accuracies are means over seeds" if seeds else ""
+    return "BatchNorm re-estimation + " + "/".join(map(str, epochs)) + " epoch(s)" + runs
 
 
 def latency_section(rows: list[dict]) -> str:
@@ -266,6 +282,12 @@ def latency_section(rows: list[dict]) -> str:
         summary.append(f"{'ours' if tool == 'ours' else 'Torch-Pruning'}: median latency ratio / MACs ratio "
                        f"{statistics.median(r['latency_ratio_b1'] / r['macs_ratio'] for r in rs):.2f} at batch 1, "
                        f"{statistics.median(r['latency_ratio_b64'] / r['macs_ratio'] for r in rs):.2f} at batch 64")
+    for r in rows:
+        if r["method"] == "baseline" and "latency_traced_b1_ms" in r:
+            summary.append(f"{r['model']} unpruned, traced into a torch.fx GraphModule (the form of our pruned models): "
+                           f"latency {r['latency_traced_b1_ms'] / r['latency_b1_ms']:.3f}x the original module's at batch 1, "
+                           f"{r['latency_traced_b64_ms'] / r['latency_b64_ms']:.3f}x at batch 64 (fx's generated "
+                           "forward, not pruning)")
     return "\n".join(lines + [""] + [f"- {s}" for s in summary])
 
 

@@ -58,6 +58,12 @@ def test_shape_pass_reports_the_real_error_for_a_bad_input():
         PruningIR(model, example_input=torch.randn(1, 4, 8, 8))
 
 
+def test_shape_pass_reports_a_dtype_mismatch():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).double()
+    with pytest.raises(ValueError, match="cannot run on the example input"):
+        PruningIR(model, example_input=torch.randn(1, 3, 8, 8))
+
+
 def test_recorded_shapes_equal_a_real_forward():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                           nn.Conv2d(8, 8, 3, groups=8), nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten(),

@@ -56,7 +56,9 @@ class _Recorder(fx.Interpreter):
             module = self.fetch_attr(target)
             x = args[0]
             shape = MODULE_RULES.get(type(module), CONSERVATIVE).output_shape(module, x.shape)
-            if shape is not None:
+            # A dtype or device mismatch would fail for real: run the module to raise its own error.
+            if shape is not None and all(p.dtype == x.dtype and p.device == x.device
+                                         for p in module._parameters.values() if p is not None):
                 return x if tuple(shape) == tuple(x.shape) else torch.empty(shape, dtype=x.dtype, device=x.device)
         return super().call_module(target, args, kwargs)
 
