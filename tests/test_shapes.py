@@ -103,3 +103,27 @@ def test_module_copy_is_a_deep_copy():
     assert set(copied.state_dict()) == set(reference.state_dict())
     copied.conv.out_channels = 3
     assert module.conv.out_channels == 4
+
+
+class _DataDependent(nn.Module):
+    """``nonzero`` has no fake-tensor kernel for its data-dependent size: the pass must run for real."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3)
+        self.conv2 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.conv2(torch.relu(self.conv1(x)))
+        return h + torch.nonzero(h > 1e9).numel()
+
+
+def test_shape_pass_falls_back_to_a_real_run():
+    model = _DataDependent().eval()
+    x = torch.randn(2, 3, 9, 9)
+    ir = PruningIR(model, example_input=x)
+    shapes = {n.name: n.meta["pruning_shape"] for n in ir.model.graph.nodes}
+    assert shapes["conv1"] == (2, 8, 7, 7) and shapes["conv2"] == (2, 4, 7, 7)
+    assert len(ir.snapshot().labels) == 8  # conv1's channels; conv2's reach the data-dependent op
+    pruned = ir.prune(labels=ir.snapshot().labels[:3]).model
+    assert pruned.conv1.out_channels == 5 and pruned(x).shape == (2, 4, 7, 7)

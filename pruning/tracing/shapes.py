@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import fx
+from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from ..rules.base import CONSERVATIVE, MODULE_RULES
@@ -12,7 +12,7 @@ from ..rules.base import CONSERVATIVE, MODULE_RULES
 
 def shape_of(value: Any) -> Any:
     """``torch.Size`` for a tensor, a list for a tuple/list of values, None otherwise."""
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, (torch.Tensor, _Shaped)):
         return value.shape
     if isinstance(value, (tuple, list)):
         return [shape_of(v) for v in value]
@@ -38,40 +38,89 @@ def bind_inputs(graph_module: fx.GraphModule, args: tuple, kwargs: dict) -> tupl
     return tuple(values)
 
 
-class _Recorder(fx.Interpreter):
-    """Runs the graph and stores every node's output shape.
+class _Shaped:
+    """A tensor known only by its shape, dtype and device: what a module with ``Rule.output_shape``
+    returns in the fake pass. It becomes an empty fake tensor only when an op needs a tensor, so a chain
+    of such modules (conv, norm, activation...) creates none."""
 
-    On fake tensors (``fake=True``) it avoids fake-tensor dispatch where it can, since that dominates
-    the pass: a module whose rule knows its output shape (``Rule.output_shape``) is not run, its
-    output is an empty fake tensor of that shape; parameters read by ``get_attr`` become empty fake
-    tensors instead of being converted one by one.
+    __slots__ = ("shape", "dtype", "device")
+
+    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+        self.shape, self.dtype, self.device = torch.Size(shape), dtype, device
+
+    def materialize(self) -> torch.Tensor:
+        return torch.empty(self.shape, dtype=self.dtype, device=self.device)
+
+
+def _materialize(value: Any) -> Any:
+    return fx.node.map_aggregate(value, lambda v: v.materialize() if isinstance(v, _Shaped) else v)
+
+
+def _last_uses(graph: fx.Graph) -> dict[fx.Node, list[fx.Node]]:
+    """For each node, the values whose last reader it is (they can be dropped once it ran)."""
+    seen: set[fx.Node] = set()
+    out: dict[fx.Node, list[fx.Node]] = {}
+    for node in reversed(graph.nodes):
+        for used in node.all_input_nodes:
+            if used not in seen:
+                seen.add(used)
+                out.setdefault(node, []).append(used)
+    return out
+
+
+def _run(graph_module: fx.GraphModule, inputs: tuple, fake: bool) -> None:
+    """Run the graph node by node and store every node's output shape in ``node.meta``.
+
+    A lean interpreter (the pass's cost is per node). On fake tensors it avoids fake-tensor dispatch
+    where it can, since that dominates: a module whose rule knows its output shape
+    (``Rule.output_shape``) is not run and returns a ``_Shaped``, and so do parameters read by
+    ``get_attr``; ``_Shaped`` values become fake tensors only when an op needs them. Values are dropped
+    after their last use, so a real run holds no more activations than the model's own forward.
     """
+    modules = dict(graph_module.named_modules())
+    last_uses = _last_uses(graph_module.graph)
+    env: dict[fx.Node, Any] = {}
+    positional = iter(inputs)
+    for node in graph_module.graph.nodes:
+        if node.op == "placeholder":
+            value = next(positional)
+        elif node.op == "get_attr":
+            value = _fetch(graph_module, node.target)
+            if fake and isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
+                value = _Shaped(value.shape, value.dtype, value.device)
+        else:
+            args = fx.node.map_arg(node.args, env.__getitem__)
+            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+            if node.op == "output":
+                value = args[0]
+            elif node.op == "call_module":
+                value = _call_module(modules[node.target], args, kwargs, fake)
+            elif node.op == "call_function":
+                value = node.target(*_materialize(args), **_materialize(kwargs))
+            else:
+                obj, *rest = _materialize(args)
+                value = getattr(obj, node.target)(*rest, **_materialize(kwargs))
+        node.meta["pruning_shape"] = shape_of(value)
+        env[node] = value
+        for done in last_uses.get(node, ()):
+            del env[done]
 
-    def __init__(self, module: fx.GraphModule, fake: bool) -> None:
-        super().__init__(module)
-        self.fake = fake
 
-    def call_module(self, target, args, kwargs):
-        if self.fake and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-            module = self.fetch_attr(target)
-            x = args[0]
-            shape = MODULE_RULES.get(type(module), CONSERVATIVE).output_shape(module, x.shape)
-            # A dtype or device mismatch would fail for real: run the module to raise its own error.
-            if shape is not None and all(p.dtype == x.dtype and p.device == x.device
-                                         for p in module._parameters.values() if p is not None):
-                return x if tuple(shape) == tuple(x.shape) else torch.empty(shape, dtype=x.dtype, device=x.device)
-        return super().call_module(target, args, kwargs)
+def _fetch(module: nn.Module, target: str) -> Any:
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
 
-    def get_attr(self, target, args, kwargs):
-        value = super().get_attr(target, args, kwargs)
-        if self.fake and isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
-            return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device)
-        return value
 
-    def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
-        n.meta["pruning_shape"] = shape_of(result)
-        return result
+def _call_module(module: nn.Module, args: tuple, kwargs: dict, fake: bool) -> Any:
+    if fake and len(args) == 1 and not kwargs and isinstance(args[0], (torch.Tensor, _Shaped)):
+        x = args[0]
+        shape = MODULE_RULES.get(type(module), CONSERVATIVE).output_shape(module, x.shape)
+        # A dtype or device mismatch would fail for real: run the module to raise its own error.
+        if shape is not None and all(p.dtype == x.dtype and p.device == x.device
+                                     for p in module._parameters.values() if p is not None):
+            return x if tuple(shape) == tuple(x.shape) else _Shaped(shape, x.dtype, x.device)
+    return module(*_materialize(args), **_materialize(kwargs))
 
 
 def record_shapes(graph_module: fx.GraphModule, args: tuple, kwargs: dict) -> None:
@@ -90,11 +139,11 @@ def record_shapes(graph_module: fx.GraphModule, args: tuple, kwargs: dict) -> No
         with torch.no_grad():
             try:
                 with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                    fake = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
-                                 for a in inputs)
-                    _Recorder(graph_module, fake=True).run(*fake)
+                    fake_inputs = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                        for a in inputs)
+                    _run(graph_module, fake_inputs, fake=True)
             except Exception:  # noqa: BLE001 - some op has no fake kernel: measure for real
-                _Recorder(graph_module, fake=False).run(*inputs)
+                _run(graph_module, inputs, fake=False)
     finally:
         for module, mode in modes.items():
             module.training = mode
