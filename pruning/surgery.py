@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .channels.propagation import Analysis, get_tensor, named_tensors
+from .channels.propagation import Analysis, tensor_lookup
 
 
 class Rewriter:
@@ -57,10 +57,10 @@ def sliced_tensors(graph_module: fx.GraphModule, analysis: Analysis,
     by_name: dict[str, list] = defaultdict(list)
     for site in analysis.sites:
         by_name[site.name].append(site)
-    known = named_tensors(dict(graph_module.named_modules()))
+    tensor_of = tensor_lookup(graph_module)
     out = {}
     for name, sites in by_name.items():
-        tensor = known[name] if name in known else get_tensor(graph_module, name)
+        tensor = tensor_of(name)
         new = tensor.detach()
         for site in sites:
             mask = keep_label[site.label_index]

@@ -8,7 +8,7 @@ values; anything else gets None.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -52,16 +52,17 @@ class Analysis:
     module_rules: dict[str, base.Rule] = field(repr=False)
 
 
-def named_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer by qualified name, from ``dict(model.named_modules())`` (one walk
-    of the module tree instead of one per ``named_parameters``/``named_buffers`` call)."""
-    out = {}
-    for prefix, module in modules.items():
-        for table in (module._parameters, module._buffers):
+def tensor_lookup(module: nn.Module, modules: dict[str, nn.Module] | None = None) -> Callable[[str], torch.Tensor]:
+    """``get_tensor`` for many names: parameters and buffers are indexed in one walk of the module tree
+    (``modules`` is ``dict(module.named_modules())`` if the caller has it); other tensor attributes
+    are looked up by name."""
+    known = {}
+    for prefix, owner in (modules if modules is not None else dict(module.named_modules())).items():
+        for table in (owner._parameters, owner._buffers):
             for name, tensor in table.items():
                 if tensor is not None:
-                    out[f"{prefix}.{name}" if prefix else name] = tensor
-    return out
+                    known[f"{prefix}.{name}" if prefix else name] = tensor
+    return lambda name: known[name] if name in known else get_tensor(module, name)
 
 
 def get_tensor(module: nn.Module, name: str) -> torch.Tensor:
@@ -80,7 +81,7 @@ class Context:
         self._sites: dict[tuple[str, int], np.ndarray] = {}
         self._flow: list[np.ndarray] = []
         self._modules = dict(graph_module.named_modules())
-        self._tensors = named_tensors(self._modules)
+        self._tensor = tensor_lookup(graph_module, self._modules)
 
     # --- reading -------------------------------------------------------------------------
     def value(self, a: Any) -> Any:
@@ -120,8 +121,7 @@ class Context:
         """Channel ids of dimension ``dim`` of parameter/buffer ``name`` (created on first use)."""
         key = (name, dim)
         if key not in self._sites:
-            tensor = self._tensors[name] if name in self._tensors else get_tensor(self.graph_module, name)
-            self._sites[key] = self.space.fresh(tensor.shape[dim])
+            self._sites[key] = self.space.fresh(self._tensor(name).shape[dim])
         return self._sites[key]
 
     def block_value(self, value: Any) -> None:

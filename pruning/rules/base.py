@@ -3,8 +3,8 @@
 A rule says how the channels of an op's inputs reach its output (``propagate``), and how the op is
 kept valid once channels are removed: literal sizes in its arguments (``rewrite``) and attributes of
 its module (``update_module``); module rules may also give the module's output shape
-(``output_shape``) so that the shape pass need not run it. Parameter slicing itself is generic: a rule only declares which
-parameter dimensions carry which channels (``ctx.param_axis``).
+(``output_shape``) so that the shape pass need not run it. Parameter slicing itself is generic: a
+rule only declares which parameter dimensions carry which channels (``ctx.param_axis``).
 
 Contract of ``propagate``: every channel id that reaches the op must be accounted for: passed on to
 the output, merged with other ids, or blocked. Ids that silently vanish could be pruned wrongly, so the
