@@ -15,8 +15,11 @@ def _input(ctx, node):
     return ctx.value(x), ctx.shape(x)
 
 
-def _same_shape(module: nn.Module, shape: torch.Size) -> torch.Size:
-    return shape
+class _ShapePreserving(Rule):
+    """A module whose output has its input's shape (norms, activations): the shape pass skips it."""
+
+    def output_shape(self, module: nn.Module, shape: torch.Size) -> torch.Size:
+        return shape
 
 
 @register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -103,10 +106,8 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
 
 
 @register(*_NORMS)
-class BatchNormModule(Rule):
+class BatchNormModule(_ShapePreserving):
     """Per-channel normalisation: weight, bias and running statistics follow the channel dim."""
-
-    output_shape = staticmethod(_same_shape)
 
     def propagate(self, ctx, node):
         m = ctx.module(node)
@@ -128,10 +129,8 @@ class BatchNormModule(Rule):
 
 
 @register(nn.LayerNorm)
-class LayerNormModule(Rule):
+class LayerNormModule(_ShapePreserving):
     """LayerNorm over trailing dims; without affine weights those dims cannot be resized."""
-
-    output_shape = staticmethod(_same_shape)
 
     def propagate(self, ctx, node):
         m = ctx.module(node)
@@ -155,10 +154,8 @@ class LayerNormModule(Rule):
 
 
 @register(nn.GroupNorm)
-class GroupNormModule(Rule):
+class GroupNormModule(_ShapePreserving):
     """GroupNorm: pruned by whole groups, so ``num_groups`` shrinks and stays valid."""
-
-    output_shape = staticmethod(_same_shape)
 
     def propagate(self, ctx, node):
         m = ctx.module(node)
@@ -189,20 +186,16 @@ except ImportError:  # pragma: no cover
 
 
 @register(*_ELEMENTWISE_MODULES)
-class ElementwiseModule(Rule):
+class ElementwiseModule(_ShapePreserving):
     """Activation, dropout, identity: channels pass through unchanged."""
-
-    output_shape = staticmethod(_same_shape)
 
     def propagate(self, ctx, node):
         return ctx.value(node.args[0]) if node.args else None
 
 
 @register(nn.PReLU)
-class PReLUModule(Rule):
+class PReLUModule(_ShapePreserving):
     """PReLU: a per-channel slope follows the channel dim (a single shared slope needs nothing)."""
-
-    output_shape = staticmethod(_same_shape)
 
     def propagate(self, ctx, node):
         m = ctx.module(node)
