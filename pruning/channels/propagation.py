@@ -222,10 +222,16 @@ def _groups(count: int, prunable: np.ndarray, labels: np.ndarray, lengths: list[
     n = len(lengths)
     keys = np.random.default_rng(0).integers(1, 2**62, size=n, dtype=np.int64).astype(np.uint64)
     places = np.repeat(np.arange(n, dtype=np.int64), lengths)
-    pairs = np.sort(labels * n + places)  # sort-based: np.unique hashes slowly here
+    # (label, place) pairs packed in one int64 with shifts (int64 division is slow), sorted and
+    # de-duplicated (sort-based: np.unique hashes slowly here); a label's signature is then the sum of
+    # its run of keys.
+    bits = max(1, (n - 1).bit_length())
+    pairs = np.sort((labels << bits) | places)
     pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
+    owner = pairs >> bits
+    starts = np.flatnonzero(np.concatenate(([True], owner[1:] != owner[:-1])))
     signature = np.zeros(count, dtype=np.uint64)
-    np.add.at(signature, pairs // n, keys[pairs % n])
+    signature[owner[starts]] = np.add.reduceat(keys[pairs & ((1 << bits) - 1)], starts)
     order = np.argsort(signature[candidates], kind="stable")
     bounds = np.flatnonzero(np.diff(signature[candidates][order])) + 1
     groups = np.split(candidates[order], bounds)
