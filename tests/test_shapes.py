@@ -64,6 +64,24 @@ def test_shape_pass_reports_a_dtype_mismatch():
         PruningIR(model, example_input=torch.randn(1, 3, 8, 8))
 
 
+def test_modules_with_hooks_run_in_the_shape_pass_and_stay_opaque():
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3), nn.Conv2d(6, 8, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).eval()
+    model[2].register_forward_hook(lambda module, args, out: out[:, :4])  # keeps 4 of 8 channels
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match="'2' .*forward hooks"):
+        ir = PruningIR(model, example_input=x)
+    shapes = [n.meta["pruning_shape"] for n in ir.model.graph.nodes if n.op == "call_module"]
+    assert shapes[2] == (1, 4, 4, 4)
+    # only conv 0's channels are prunable: conv 1's enter the hooked conv, whose inputs are blocked
+    labels = ir.snapshot().labels
+    assert len(labels) == 6
+    pruned = ir.prune(labels=labels[:2]).model
+    convs = [pruned.get_submodule(str(i)) for i in range(3)]
+    assert [c.out_channels for c in convs] == [4, 6, 8] and convs[1].in_channels == 4
+    assert pruned(x).shape == (1, 2)
+
+
 def test_recorded_shapes_equal_a_real_forward():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                           nn.Conv2d(8, 8, 3, groups=8), nn.AdaptiveAvgPool2d((2, 3)), nn.Flatten(),

@@ -12,6 +12,7 @@ fallback for anything unknown is :class:`Conservative`: block every input channe
 """
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
@@ -94,8 +95,17 @@ def register_rule(key: type | Callable | str, rule: Rule) -> None:
 
 
 def lookup(node: fx.Node, module: nn.Module | None) -> Rule:
-    """The rule for a graph node (exact module type: a subclass may have another forward)."""
+    """The rule for a graph node (exact module type: a subclass may have another forward).
+
+    A module with forward hooks is opaque (``CONSERVATIVE``, with a warning): a hook may change what
+    enters or leaves it, which no rule can see. Remove such hooks before building the IR to prune it.
+    """
     if node.op == "call_module":
+        if module._forward_hooks or module._forward_pre_hooks:
+            warnings.warn(f"module '{node.target}' ({type(module).__name__}) has forward hooks, which may "
+                          "change its input or output: it is kept opaque and its channels are unprunable "
+                          "(remove the hooks before building the IR to prune it)", stacklevel=2)
+            return CONSERVATIVE
         return MODULE_RULES.get(type(module), CONSERVATIVE)
     if node.op == "call_function":
         return FUNCTION_RULES.get(node.target, CONSERVATIVE)

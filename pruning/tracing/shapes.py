@@ -116,9 +116,11 @@ def _call_module(module: nn.Module, args: tuple, kwargs: dict, fake: bool) -> An
     if fake and len(args) == 1 and not kwargs and isinstance(args[0], (torch.Tensor, _Shaped)):
         x = args[0]
         shape = MODULE_RULES.get(type(module), CONSERVATIVE).output_shape(module, x.shape)
-        # A dtype or device mismatch would fail for real: run the module to raise its own error.
-        if shape is not None and all(p.dtype == x.dtype and p.device == x.device
-                                     for p in module._parameters.values() if p is not None):
+        # A dtype or device mismatch would fail for real: run the module to raise its own error. Hooks
+        # may change inputs or outputs: run the module so that they do.
+        if shape is not None and not module._forward_hooks and not module._forward_pre_hooks \
+                and all(p.dtype == x.dtype and p.device == x.device
+                        for p in module._parameters.values() if p is not None):
             return x if tuple(shape) == tuple(x.shape) else _Shaped(shape, x.dtype, x.device)
     return module(*_materialize(args), **_materialize(kwargs))
 
