@@ -7,6 +7,7 @@ import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+from ..channels.propagation import get_tensor
 from ..rules.base import CONSERVATIVE, MODULE_RULES
 
 
@@ -85,7 +86,7 @@ def _run(graph_module: fx.GraphModule, inputs: tuple, fake: bool) -> None:
         if node.op == "placeholder":
             value = next(positional)
         elif node.op == "get_attr":
-            value = _fetch(graph_module, node.target)
+            value = get_tensor(graph_module, node.target)
             if fake and isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
                 value = _Shaped(value.shape, value.dtype, value.device)
         else:
@@ -104,12 +105,6 @@ def _run(graph_module: fx.GraphModule, inputs: tuple, fake: bool) -> None:
         env[node] = value
         for done in last_uses.get(node, ()):
             del env[done]
-
-
-def _fetch(module: nn.Module, target: str) -> Any:
-    for part in target.split("."):
-        module = getattr(module, part)
-    return module
 
 
 def _call_module(module: nn.Module, args: tuple, kwargs: dict, fake: bool) -> Any:
