@@ -193,19 +193,30 @@ class Context:
 
     def _finish(self, rewrites: list[tuple[str, base.Rule]], module_rules: dict[str, base.Rule]) -> Analysis:
         label_of_id, count, blocked, normalized = self.space.components()
-        flow = label_of_id[np.concatenate(self._flow)] if self._flow else np.zeros(0, dtype=np.int64)
+        flow = label_of_id[np.concatenate(_distinct(self._flow))] if self._flow else np.zeros(0, dtype=np.int64)
         in_flow = np.zeros(count, dtype=bool)
         in_flow[flow] = True
         # A label that never reaches a tensor flowing through the graph only lives in some parameter
         # dimension no rule understood: never prune it.
         prunable = ~blocked & in_flow
         sites = [ParamSite(name, dim, label_of_id[ids]) for (name, dim), ids in self._sites.items()]
-        groups = _groups(count, prunable, np.concatenate([s.label_index for s in sites] + [flow]),
-                         [len(s.label_index) for s in sites] + [len(a) for a in self._flow])
+        # A place's labels matter, not which node or parameter it is: most places repeat another's
+        # labels (a convolution's output, its weight and the batch norm after it), so group over
+        # distinct places only (the same groups, a tenth of the work on CNNs).
+        places: dict[bytes, np.ndarray] = {}
+        for labels in [site.label_index for site in sites] + [label_of_id[ids] for ids in _distinct(self._flow)]:
+            places.setdefault(labels.tobytes(), labels)
+        groups = _groups(count, prunable, np.concatenate([np.zeros(0, np.int64), *places.values()]),
+                         [len(labels) for labels in places.values()])
         node_ids = {n.name: self.values.get(n) for n in self.graph_module.graph.nodes}
         shapes = {n.name: n.meta.get("pruning_shape") for n in self.graph_module.graph.nodes}
         return Analysis(label_of_id, count, prunable, normalized, sites, groups, node_ids, shapes,
                         rewrites, module_rules)
+
+
+def _distinct(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """``arrays`` without repeats of the same object (a value passed on unchanged by many nodes)."""
+    return list({id(array): array for array in arrays}.values())
 
 
 def _groups(count: int, prunable: np.ndarray, labels: np.ndarray, lengths: list[int]) -> list[np.ndarray]:

@@ -31,7 +31,9 @@ class ChannelSpace:
 
     def merge(self, a: np.ndarray, b: np.ndarray) -> None:
         """Require ``a[i]`` and ``b[i]`` to be pruned together (``b`` may broadcast)."""
-        a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        if a.shape != b.shape:
+            a, b = np.broadcast_arrays(a, b)
         self._merge_a.append(a.ravel())
         self._merge_b.append(b.ravel())
 
@@ -54,15 +56,20 @@ class ChannelSpace:
             b = np.concatenate(self._merge_b)
         else:
             a = b = np.zeros(0, dtype=np.int64)
-        graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+        # float64 CSR is the form connected_components works on; handing it over avoids its own
+        # (slower) conversion from other layouts and dtypes.
+        graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)).tocsr()
         count, comp = connected_components(graph, directed=False)
-        # Renumber components by their first (smallest) id for a stable, readable order.
-        first = np.full(count, n, dtype=np.int64)
-        np.minimum.at(first, comp, np.arange(n))
-        order = np.argsort(first, kind="stable")
-        rank = np.empty(count, dtype=np.int64)
-        rank[order] = np.arange(count)
-        label = rank[comp]
+        label = comp.astype(np.int64, copy=False)
+        # Number components by their first (smallest) id for a stable, readable order. scipy's
+        # search already numbers them so (it starts from ids in ascending order); renumber only if
+        # a future version does not: each id's label may exceed the labels before it by one at most.
+        if n and (label[0] != 0 or (label[1:] > np.maximum.accumulate(label)[:-1] + 1).any()):
+            first = np.full(count, n, dtype=np.int64)
+            np.minimum.at(first, label, np.arange(n))
+            rank = np.empty(count, dtype=np.int64)
+            rank[np.argsort(first, kind="stable")] = np.arange(count)
+            label = rank[label]
         return label, count, self._flags(label, count, self._blocked), self._flags(
             label, count, self._normalized)
 
