@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .channels.propagation import Analysis, Context, ParamSite
+from .channels.propagation import Analysis, Context, ParamSite, get_tensor
 from .labels import Label, check_selection
 from .surgery import prune_graph_module
-from .tracing import record_shapes, trace_model
+from .tracing import record_shapes, trace_graph
 
 __all__ = ["PruningIR", "Snapshot", "Label", "ParamSite"]
 
@@ -23,16 +23,36 @@ class Snapshot:
     The analysis needs tensor shapes, so it runs on the first forward pass (``run``/``analyze``)
     or at IR construction when ``example_input`` is given. The example is kept so that a pruned IR
     can analyse its own model without asking again.
+
+    ``model`` is a GraphModule, or (with ``graph``) the module whose submodules the graph's targets
+    name. In the second case the GraphModule (a code generation and a compile) is built on first
+    use of :attr:`model`: analysing, selecting and pruning only need the graph, so an IR that is
+    only pruned never builds its unpruned GraphModule.
     """
 
-    def __init__(self, ir_uid: str, name: str, model: fx.GraphModule,
-                 example: tuple[tuple, dict] | None = None) -> None:
+    def __init__(self, ir_uid: str, name: str, model: nn.Module,
+                 example: tuple[tuple, dict] | None = None, graph: fx.Graph | None = None) -> None:
         self.ir_uid = ir_uid
         self.name = name
-        self.model = model
+        self._root = model
+        self._graph = model.graph if graph is None else graph
+        self._model: fx.GraphModule | None = model if graph is None else None
         self.scores: torch.Tensor | None = None
         self._example = example
         self._analysis: Analysis | None = None
+
+    @property
+    def model(self) -> fx.GraphModule:
+        """The traced model (its submodules are those of the model the IR was built from)."""
+        if self._model is None:
+            model = fx.GraphModule(self._root, self._graph, type(self._root).__name__)
+            model._pruning_traced = True
+            self._model = self._root = model
+        return self._model
+
+    @property
+    def graph(self) -> fx.Graph:
+        return self._graph
 
     # --- analysis --------------------------------------------------------------------------
     @property
@@ -51,17 +71,17 @@ class Snapshot:
                     "LossAwareCriterion first")
             args, kwargs = self._example
         try:
-            record_shapes(self.model, args, kwargs)
+            record_shapes(self._root, args, kwargs, self._graph)
         except Exception as error:
             shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args]
             raise ValueError(
                 f"the model cannot run on the example input (positional shapes {shapes}): "
                 f"{type(error).__name__}: {error}; pass inputs the model accepts") from error
         self._example = (_detach(args), _detach(kwargs))
-        analysis = Context(self.model).run()
+        analysis = Context(self._root, self._graph).run()
         if not analysis.prunable.any():
             raise ValueError(
-                f"{type(self.model).__name__} has no prunable channel: every channel reaches a model "
+                f"{type(self._root).__name__} has no prunable channel: every channel reaches a model "
                 "input or output or an op the IR does not understand (see pruning.rules to add one)")
         self._analysis = analysis
 
@@ -85,11 +105,20 @@ class Snapshot:
             self.analyze()
         return self._analysis
 
+    def __getstate__(self) -> dict:
+        # A snapshot is saved (and deep-copied) with its GraphModule, whose pickle is its code.
+        model = self.model
+        state = {key: value for key, value in self.__dict__.items() if key not in ("_root", "_graph", "_model")}
+        return {**state, "model": model}
+
     def __setstate__(self, state: dict) -> None:
         # Unpickling re-creates the GraphModule from its code; node names normally survive. If they
         # did not, the analysis no longer matches the graph: redo it from the stored example.
+        state = dict(state)
+        model = state.pop("model")
         self.__dict__.update(state)
-        names = {node.name for node in self.model.graph.nodes}
+        self._root, self._graph, self._model = model, model.graph, model
+        names = {node.name for node in self._graph.nodes}
         if self._analysis is not None and set(self._analysis.node_ids) != names:
             self._analysis = None
             self.analyze()
@@ -141,22 +170,46 @@ def _detach(value: Any) -> Any:
     return value
 
 
-def fingerprint(model: fx.GraphModule, values: bool = True) -> str:
-    """A deterministic hash of the graph's code and every tensor's name and shape, and with
-    ``values`` also its first elements.
+def fingerprint(model: nn.Module, values: bool = True, graph: fx.Graph | None = None) -> str:
+    """A deterministic hash of the graph's code and the name and shape of every tensor it uses, and
+    with ``values`` also their first elements.
 
-    With values it is the IR id: two IRs of the same model get the same id (their labels mean the
-    same channels), a pruned model gets another, and saved IRs stay byte-identical across runs.
-    Without values it identifies the architecture only (``pruning.replay``).
+    ``model`` is a GraphModule, or with ``graph`` the module whose submodules the graph's targets
+    name; both give the same hash for the same graph and tensors. With values it is the IR id: two
+    IRs of the same model get the same id (their labels mean the same channels), a pruned model gets
+    another, and saved IRs stay byte-identical across runs. Without values it identifies the
+    architecture only (``pruning.replay``).
     """
-    digest = hashlib.sha1(model.code.encode())
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    heads = _heads([tensor for _, tensor in tensors]) if values else None
-    for index, (name, tensor) in enumerate(tensors):
+    if graph is None or graph is getattr(model, "graph", None):
+        code = model.code
+    else:
+        code = graph.python_code(root_module="self").src
+    digest = hashlib.sha1(code.encode())
+    tensors = _graph_tensors(model, model.graph if graph is None else graph)
+    heads = _heads(list(tensors.values())) if values else None
+    for index, (name, tensor) in enumerate(tensors.items()):
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
         if values:
             digest.update(heads[index])
     return digest.hexdigest()
+
+
+def _graph_tensors(root: nn.Module, graph: fx.Graph) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of the modules the graph calls, and every tensor it reads, by
+    qualified name, in graph order (the order does not depend on how the modules are nested)."""
+    tensors: dict[str, torch.Tensor] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            for prefix, module in root.get_submodule(node.target).named_modules(prefix=node.target):
+                for table in (module._parameters, module._buffers):
+                    for name, tensor in table.items():
+                        if tensor is not None:
+                            tensors.setdefault(f"{prefix}.{name}", tensor)
+        elif node.op == "get_attr":
+            tensor = get_tensor(root, node.target)
+            if isinstance(tensor, torch.Tensor):
+                tensors.setdefault(node.target, tensor)
+    return tensors
 
 
 def _heads(tensors: list[torch.Tensor]) -> list[bytes]:
@@ -207,11 +260,12 @@ class PruningIR:
                             "pass the model object itself")
         self.leaf_modules = list(leaf_modules or [])
         self.soft_tracing = soft_tracing
-        graph_module = model if getattr(model, "_pruning_traced", False) else trace_model(
-            model, self.leaf_modules, soft_tracing)
-        graph_module._pruning_traced = True
-        self.uid = fingerprint(graph_module)
-        self._snapshots = {"main": Snapshot(self.uid, "main", graph_module)}
+        if getattr(model, "_pruning_traced", False):
+            main = Snapshot("", "main", model)
+        else:
+            main = Snapshot("", "main", model, graph=trace_graph(model, self.leaf_modules, soft_tracing))
+        self.uid = main.ir_uid = fingerprint(main._root, graph=main.graph)
+        self._snapshots = {"main": main}
         if example_input is not None:
             args = example_input if isinstance(example_input, tuple) else (example_input,)
             self._snapshots["main"].analyze(*args)
@@ -252,10 +306,11 @@ class PruningIR:
             return copy.deepcopy(self)
         keep = np.ones(snapshot.num_labels, dtype=bool)
         keep[indices] = False
-        pruned = prune_graph_module(snapshot.model, snapshot.analysis, keep, inplace)
+        pruned = prune_graph_module(snapshot._root, snapshot.graph, snapshot.analysis, keep, inplace)
         result = self if inplace else PruningIR.__new__(PruningIR)
         result.leaf_modules = self.leaf_modules
         result.soft_tracing = self.soft_tracing
+        pruned._pruning_traced = True
         result.uid = fingerprint(pruned)
         result._snapshots = {"main": Snapshot(result.uid, "main", pruned, snapshot._example)}
         return result
@@ -264,4 +319,4 @@ class PruningIR:
         main = self._snapshots["main"]
         detail = (f"{len(main.labels)} prunable labels in {len(main.analysis.groups)} groups"
                   if main.analyzed else "not analysed yet")
-        return f"PruningIR({type(main.model).__name__}, {detail})"
+        return f"PruningIR({type(main._root).__name__}, {detail})"

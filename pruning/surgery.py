@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict, defaultdict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -20,10 +20,10 @@ from .channels.propagation import Analysis, tensor_lookup
 class Rewriter:
     """What a rule's ``rewrite`` sees: old and new shapes and which channel ids survive."""
 
-    def __init__(self, analysis: Analysis, keep_label: np.ndarray, graph_module: fx.GraphModule) -> None:
+    def __init__(self, analysis: Analysis, keep_label: np.ndarray, module_of: Callable[[str], nn.Module]) -> None:
         self.analysis = analysis
         self.keep_id = keep_label[analysis.label_of_id]
-        self.graph_module = graph_module
+        self._module_of = module_of
 
     def kept(self, ids: np.ndarray) -> np.ndarray:
         """Boolean mask: which of these channel ids survive."""
@@ -48,16 +48,17 @@ class Rewriter:
         return shape
 
     def module(self, node: fx.Node) -> nn.Module:
-        return self.graph_module.get_submodule(node.target)
+        """The pruned model's module that ``node`` calls (already sliced)."""
+        return self._module_of(node.target)
 
 
-def sliced_tensors(graph_module: fx.GraphModule, analysis: Analysis,
+def sliced_tensors(root: nn.Module, analysis: Analysis,
                    keep_label: np.ndarray) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(old tensor, new value) of every parameter/buffer that loses elements, by qualified name."""
     by_name: dict[str, list] = defaultdict(list)
     for site in analysis.sites:
         by_name[site.name].append(site)
-    tensor_of = tensor_lookup(graph_module)
+    tensor_of = tensor_lookup(root)
     out = {}
     for name, sites in by_name.items():
         tensor = tensor_of(name)
@@ -72,32 +73,82 @@ def sliced_tensors(graph_module: fx.GraphModule, analysis: Analysis,
     return out
 
 
-def prune_graph_module(graph_module: fx.GraphModule, analysis: Analysis, keep_label: np.ndarray,
+def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, keep_label: np.ndarray,
                        inplace: bool) -> fx.GraphModule:
-    """Return the pruned model: a copy (sharing nothing with the input) unless ``inplace``."""
-    new_values = sliced_tensors(graph_module, analysis, keep_label)
+    """Return the pruned model as a GraphModule of ``graph``.
+
+    ``root`` holds what the graph's targets name: the snapshot's GraphModule, or the model it was
+    traced from. Unless ``inplace``, the result shares nothing with ``root`` or ``graph``: only the
+    modules and tensors the graph uses are copied (with the sliced tensors in place of the old ones),
+    the graph is copied, rewritten, and compiled once into a new GraphModule. With ``inplace`` the
+    tensors of ``root`` are replaced and ``graph`` itself is rewritten.
+    """
+    new_values = sliced_tensors(root, analysis, keep_label)
     if inplace:
-        pruned = graph_module
         for name, (old, value) in new_values.items():
-            _set_tensor(pruned, name, _like(old, value))
+            _set_tensor(root, name, _like(old, value))
+        module_of: Callable[[str], Any] = root.get_submodule
     else:
         memo: dict[int, Any] = {id(old): _like(old, value) for old, value in new_values.values()}
-        for child in graph_module.children():
-            _copy_module(child, memo)
-        pruned = copy.deepcopy(graph_module, memo)
+        copies = _copy_targets(root, graph, memo)
+        graph = copy.deepcopy(graph, memo)
+        module_of = copies.__getitem__
     for target, rule in analysis.module_rules.items():
-        rule.update_module(pruned.get_submodule(target))
-    rewriter = Rewriter(analysis, keep_label, pruned)
-    nodes = {n.name: n for n in pruned.graph.nodes}
+        rule.update_module(module_of(target))
+    rewriter = Rewriter(analysis, keep_label, module_of)
+    nodes = {n.name: n for n in graph.nodes}
     changed = False
     for name, rule in analysis.rewrites:
         node = nodes[name]
         before = (node.args, node.kwargs)
         rule.rewrite(rewriter, node)
         changed = changed or (node.args, node.kwargs) != before
-    if changed:  # the generated code only depends on the graph
-        pruned.recompile()
+    if inplace and isinstance(root, fx.GraphModule) and root.graph is graph:
+        if changed:  # the generated code only depends on the graph
+            root.recompile()
+        return root
+    if inplace:
+        pruned = fx.GraphModule(root, graph, type(root).__name__)
+    else:
+        pruned = fx.GraphModule(_copied_root(root, copies), graph, type(root).__name__)
     return pruned
+
+
+def _copied_root(root: nn.Module, copies: dict[str, Any]) -> nn.Module:
+    """A module holding the copies at their qualified names, with empty modules on the way (what
+    ``fx.GraphModule`` copies the graph's targets from, as it would from ``root``). A target inside
+    another copied target (a parameter the graph reads of a module it also calls) is reached
+    through that copy; a buffer keeps its persistence."""
+    holder = nn.Module()
+    holder.training = root.training
+    for target, value in copies.items():
+        parts = target.split(".")
+        if any(".".join(parts[:i]) in copies for i in range(1, len(parts))):
+            continue
+        owner, old_owner = holder, root
+        for part in parts[:-1]:
+            if part not in owner._modules:
+                owner.add_module(part, nn.Module())
+            owner, old_owner = owner._modules[part], getattr(old_owner, part)
+        if parts[-1] in old_owner._buffers:
+            owner.register_buffer(parts[-1], value,
+                                  persistent=parts[-1] not in old_owner._non_persistent_buffers_set)
+        else:
+            setattr(owner, parts[-1], value)
+    return holder
+
+
+def _copy_targets(root: nn.Module, graph: fx.Graph, memo: dict[int, Any]) -> dict[str, Any]:
+    """Copies of the modules and attributes the graph's nodes name, by target (one memo, so a tensor
+    reached twice is copied once, and the sliced tensors already in it are used)."""
+    copies: dict[str, Any] = {}
+    for node in graph.nodes:
+        if node.op in ("call_module", "get_attr") and node.target not in copies:
+            owner, _, attr = node.target.rpartition(".")
+            value = getattr(root.get_submodule(owner) if owner else root, attr)
+            copies[node.target] = (_copy_module(value, memo) if isinstance(value, nn.Module)
+                                   else copy.deepcopy(value, memo))
+    return copies
 
 
 _ATOMIC = (type(None), bool, int, float, str)

@@ -74,14 +74,15 @@ def get_tensor(module: nn.Module, name: str) -> torch.Tensor:
 class Context:
     """What rules see while propagating: values of earlier nodes, shapes and the channel space."""
 
-    def __init__(self, graph_module: fx.GraphModule) -> None:
-        self.graph_module = graph_module
+    def __init__(self, root: nn.Module, graph: fx.Graph | None = None) -> None:
+        """``root`` is a GraphModule, or with ``graph`` the module whose submodules its targets name."""
+        self.graph = root.graph if graph is None else graph
         self.space = ChannelSpace()
         self.values: dict[fx.Node, Any] = {}
         self._sites: dict[tuple[str, int], np.ndarray] = {}
         self._flow: list[np.ndarray] = []
-        self._modules = dict(graph_module.named_modules())
-        self._tensor = tensor_lookup(graph_module, self._modules)
+        self._modules = dict(root.named_modules())
+        self._tensor = tensor_lookup(root, self._modules)
 
     # --- reading -------------------------------------------------------------------------
     def value(self, a: Any) -> Any:
@@ -158,7 +159,7 @@ class Context:
     def run(self) -> Analysis:
         rewrites: list[tuple[str, base.Rule]] = []
         module_rules: dict[str, base.Rule] = {}
-        for node in self.graph_module.graph.nodes:
+        for node in self.graph.nodes:
             shape = node.meta.get("pruning_shape")
             if node.op == "placeholder":
                 value = self.untracked(shape)
@@ -208,8 +209,8 @@ class Context:
             places.setdefault(labels.tobytes(), labels)
         groups = _groups(count, prunable, np.concatenate([np.zeros(0, np.int64), *places.values()]),
                          [len(labels) for labels in places.values()])
-        node_ids = {n.name: self.values.get(n) for n in self.graph_module.graph.nodes}
-        shapes = {n.name: n.meta.get("pruning_shape") for n in self.graph_module.graph.nodes}
+        node_ids = {n.name: self.values.get(n) for n in self.graph.nodes}
+        shapes = {n.name: n.meta.get("pruning_shape") for n in self.graph.nodes}
         return Analysis(label_of_id, count, prunable, normalized, sites, groups, node_ids, shapes,
                         rewrites, module_rules)
 

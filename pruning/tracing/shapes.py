@@ -20,9 +20,9 @@ def shape_of(value: Any) -> Any:
     return None
 
 
-def bind_inputs(graph_module: fx.GraphModule, args: tuple, kwargs: dict) -> tuple:
+def bind_inputs(graph: fx.Graph, args: tuple, kwargs: dict) -> tuple:
     """Order positional and keyword inputs as the graph's placeholders expect them."""
-    placeholders = [n for n in graph_module.graph.nodes if n.op == "placeholder"]
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     values, rest = [], list(args)
     for node in placeholders:
         name = str(node.target).lstrip("*")
@@ -69,7 +69,7 @@ def _last_uses(graph: fx.Graph) -> dict[fx.Node, list[fx.Node]]:
     return out
 
 
-def _run(graph_module: fx.GraphModule, inputs: tuple, fake: bool) -> None:
+def _run(root: nn.Module, graph: fx.Graph, inputs: tuple, fake: bool) -> None:
     """Run the graph node by node and store every node's output shape in ``node.meta``.
 
     A lean interpreter (the pass's cost is per node). On fake tensors it avoids fake-tensor dispatch
@@ -78,15 +78,15 @@ def _run(graph_module: fx.GraphModule, inputs: tuple, fake: bool) -> None:
     ``get_attr``; ``_Shaped`` values become fake tensors only when an op needs them. Values are dropped
     after their last use, so a real run holds no more activations than the model's own forward.
     """
-    modules = dict(graph_module.named_modules())
-    last_uses = _last_uses(graph_module.graph)
+    modules = dict(root.named_modules())
+    last_uses = _last_uses(graph)
     env: dict[fx.Node, Any] = {}
     positional = iter(inputs)
-    for node in graph_module.graph.nodes:
+    for node in graph.nodes:
         if node.op == "placeholder":
             value = next(positional)
         elif node.op == "get_attr":
-            value = get_tensor(graph_module, node.target)
+            value = get_tensor(root, node.target)
             if fake and isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
                 value = _Shaped(value.shape, value.dtype, value.device)
         else:
@@ -120,8 +120,10 @@ def _call_module(module: nn.Module, args: tuple, kwargs: dict, fake: bool) -> An
     return module(*_materialize(args), **_materialize(kwargs))
 
 
-def record_shapes(graph_module: fx.GraphModule, args: tuple, kwargs: dict) -> None:
+def record_shapes(root: nn.Module, args: tuple, kwargs: dict, graph: fx.Graph | None = None) -> None:
     """Run the graph once without gradients and in eval mode, storing shapes in ``node.meta``.
+
+    ``root`` is a GraphModule, or with ``graph`` the module whose submodules the graph's targets name.
 
     The pass runs on fake tensors (shapes only, no arithmetic), skipping modules whose output shape
     their rule computes, which makes it nearly free; an op without a fake-tensor implementation
@@ -129,18 +131,19 @@ def record_shapes(graph_module: fx.GraphModule, args: tuple, kwargs: dict) -> No
     BatchNorm statistics untouched and lets batch-size-1 inputs through; the modes of all modules are
     restored afterwards.
     """
-    inputs = bind_inputs(graph_module, args, kwargs)
-    modes = {m: m.training for m in graph_module.modules()}
-    graph_module.eval()
+    graph = root.graph if graph is None else graph
+    inputs = bind_inputs(graph, args, kwargs)
+    modes = {m: m.training for m in root.modules()}
+    root.eval()
     try:
         with torch.no_grad():
             try:
                 with FakeTensorMode(allow_non_fake_inputs=True) as mode:
                     fake_inputs = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
                                         for a in inputs)
-                    _run(graph_module, fake_inputs, fake=True)
+                    _run(root, graph, fake_inputs, fake=True)
             except Exception:  # noqa: BLE001 - some op has no fake kernel: measure for real
-                _run(graph_module, inputs, fake=False)
+                _run(root, graph, inputs, fake=False)
     finally:
         for module, mode in modes.items():
             module.training = mode

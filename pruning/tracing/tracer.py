@@ -61,6 +61,16 @@ def trace_model(
     soft_tracing: bool = True,
 ) -> fx.GraphModule:
     """Trace ``model`` into a GraphModule whose submodules are the model's own (not copies)."""
+    return fx.GraphModule(model, trace_graph(model, leaf_modules, soft_tracing), type(model).__name__)
+
+
+def trace_graph(
+    model: nn.Module,
+    leaf_modules: Iterable[type | nn.Module] | None = None,
+    soft_tracing: bool = True,
+) -> fx.Graph:
+    """Trace ``model`` into a graph whose ``call_module``/``get_attr`` targets name ``model``'s own
+    submodules and tensors (no GraphModule is built: that costs a code generation and a compile)."""
     leaf_types: list[type] = []
     leaf_ids: set[int] = set()
     for item in leaf_modules or ():
@@ -110,7 +120,7 @@ def trace_model(
                 "are treated as unprunable",
                 stacklevel=3,
             )
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    return graph
 
 
 def _failing_function(error: BaseException) -> Callable | None:
