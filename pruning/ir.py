@@ -30,9 +30,9 @@ class Snapshot:
     only pruned never builds its unpruned GraphModule.
     """
 
-    def __init__(self, ir_uid: str, name: str, model: nn.Module,
-                 example: tuple[tuple, dict] | None = None, graph: fx.Graph | None = None) -> None:
-        self.ir_uid = ir_uid
+    def __init__(self, name: str, model: nn.Module, example: tuple[tuple, dict] | None = None,
+                 graph: fx.Graph | None = None) -> None:
+        self._uid: str | None = None
         self.name = name
         self._root = model
         self._graph = model.graph if graph is None else graph
@@ -53,6 +53,15 @@ class Snapshot:
     @property
     def graph(self) -> fx.Graph:
         return self._graph
+
+    @property
+    def ir_uid(self) -> str:
+        """The id of the IR (:func:`fingerprint` of this model), computed when first needed: when
+        labels are made or checked, or the IR is saved. A model changed in place before then (its
+        weights trained, say) gets the id of what it is then; after that the id is fixed."""
+        if self._uid is None:
+            self._uid = fingerprint(self._root, graph=self._graph)
+        return self._uid
 
     # --- analysis --------------------------------------------------------------------------
     @property
@@ -107,15 +116,17 @@ class Snapshot:
 
     def __getstate__(self) -> dict:
         # A snapshot is saved (and deep-copied) with its GraphModule, whose pickle is its code.
-        model = self.model
+        model, uid = self.model, self.ir_uid
         state = {key: value for key, value in self.__dict__.items() if key not in ("_root", "_graph", "_model")}
-        return {**state, "model": model}
+        return {**state, "_uid": uid, "model": model}
 
     def __setstate__(self, state: dict) -> None:
         # Unpickling re-creates the GraphModule from its code; node names normally survive. If they
         # did not, the analysis no longer matches the graph: redo it from the stored example.
         state = dict(state)
         model = state.pop("model")
+        if "ir_uid" in state:  # saved by a version that stored the id eagerly
+            state["_uid"] = state.pop("ir_uid")
         self.__dict__.update(state)
         self._root, self._graph, self._model = model, model.graph, model
         names = {node.name for node in self._graph.nodes}
@@ -198,9 +209,12 @@ def _graph_tensors(root: nn.Module, graph: fx.Graph) -> dict[str, torch.Tensor]:
     """Every parameter and buffer of the modules the graph calls, and every tensor it reads, by
     qualified name, in graph order (the order does not depend on how the modules are nested)."""
     tensors: dict[str, torch.Tensor] = {}
+    modules = dict(root.named_modules())
     for node in graph.nodes:
         if node.op == "call_module":
-            for prefix, module in root.get_submodule(node.target).named_modules(prefix=node.target):
+            module = modules[node.target] if node.target in modules else root.get_submodule(node.target)
+            owners = module.named_modules(prefix=node.target) if module._modules else ((node.target, module),)
+            for prefix, module in owners:
                 for table in (module._parameters, module._buffers):
                     for name, tensor in table.items():
                         if tensor is not None:
@@ -215,7 +229,9 @@ def _graph_tensors(root: nn.Module, graph: fx.Graph) -> dict[str, torch.Tensor]:
 def _heads(tensors: list[torch.Tensor]) -> list[bytes]:
     """The first 8 elements of every tensor as float64 bytes, converted in one call per dtype and
     device (one conversion per tensor dominated the fingerprint of small models)."""
-    flat = [tensor.detach().reshape(-1)[:8] for tensor in tensors]
+    # One strided view per contiguous tensor (a reshape and a slice otherwise).
+    flat = [tensor.detach().as_strided((min(8, tensor.numel()),), (1,)) if tensor.is_contiguous()
+            else tensor.detach().reshape(-1)[:8] for tensor in tensors]
     out: list[bytes] = [b""] * len(flat)
     kinds: dict[tuple, list[int]] = {}
     for index, head in enumerate(flat):
@@ -261,14 +277,18 @@ class PruningIR:
         self.leaf_modules = list(leaf_modules or [])
         self.soft_tracing = soft_tracing
         if getattr(model, "_pruning_traced", False):
-            main = Snapshot("", "main", model)
+            main = Snapshot("main", model)
         else:
-            main = Snapshot("", "main", model, graph=trace_graph(model, self.leaf_modules, soft_tracing))
-        self.uid = main.ir_uid = fingerprint(main._root, graph=main.graph)
+            main = Snapshot("main", model, graph=trace_graph(model, self.leaf_modules, soft_tracing))
         self._snapshots = {"main": main}
         if example_input is not None:
             args = example_input if isinstance(example_input, tuple) else (example_input,)
             self._snapshots["main"].analyze(*args)
+
+    @property
+    def uid(self) -> str:
+        """The IR's id: labels carry it, and an IR accepts only labels with its own id."""
+        return self._snapshots["main"].ir_uid
 
     @property
     def model(self) -> fx.GraphModule:
@@ -311,8 +331,7 @@ class PruningIR:
         result.leaf_modules = self.leaf_modules
         result.soft_tracing = self.soft_tracing
         pruned._pruning_traced = True
-        result.uid = fingerprint(pruned)
-        result._snapshots = {"main": Snapshot(result.uid, "main", pruned, snapshot._example)}
+        result._snapshots = {"main": Snapshot("main", pruned, snapshot._example)}
         return result
 
     def __repr__(self) -> str:

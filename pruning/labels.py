@@ -10,7 +10,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .ir import Snapshot
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, init=False)
 class Label:
     """One prunable unit: a set of channels (in every tensor and parameter they reach) that must be
     removed together. ``index`` numbers the labels of one snapshot of one IR."""
@@ -18,6 +18,13 @@ class Label:
     ir_uid: str
     snapshot: str
     index: int
+
+    def __init__(self, ir_uid: str, snapshot: str, index: int) -> None:
+        # Frozen like the dataclass default, but filled through __dict__: the generated __init__
+        # calls object.__setattr__ per field, which is most of the cost of making the thousands of
+        # labels of a model.
+        fields = self.__dict__
+        fields["ir_uid"], fields["snapshot"], fields["index"] = ir_uid, snapshot, index
 
     def __repr__(self) -> str:
         return f"Label({self.index}, snapshot={self.snapshot!r}, ir={self.ir_uid[:8]})"

@@ -59,15 +59,18 @@ def sliced_tensors(root: nn.Module, analysis: Analysis,
     for site in analysis.sites:
         by_name[site.name].append(site)
     tensor_of = tensor_lookup(root)
+    kept: dict[tuple[int, torch.device], torch.Tensor | None] = {}  # sites often share label arrays
     out = {}
     for name, sites in by_name.items():
         tensor = tensor_of(name)
         new = tensor.detach()
         for site in sites:
-            mask = keep_label[site.label_index]
-            if not mask.all():
-                index = torch.from_numpy(np.flatnonzero(mask)).to(tensor.device)
-                new = new.index_select(site.dim, index)
+            key = (id(site.label_index), tensor.device)
+            if key not in kept:
+                mask = keep_label[site.label_index]
+                kept[key] = None if mask.all() else torch.from_numpy(np.flatnonzero(mask)).to(tensor.device)
+            if kept[key] is not None:
+                new = new.index_select(site.dim, kept[key])
         if new.shape != tensor.shape:
             out[name] = (tensor, new)
     return out
@@ -128,13 +131,17 @@ def _copied_root(root: nn.Module, copies: dict[str, Any]) -> nn.Module:
         owner, old_owner = holder, root
         for part in parts[:-1]:
             if part not in owner._modules:
-                owner.add_module(part, nn.Module())
+                owner._modules[part] = nn.Module()
             owner, old_owner = owner._modules[part], getattr(old_owner, part)
-        if parts[-1] in old_owner._buffers:
-            owner.register_buffer(parts[-1], value,
-                                  persistent=parts[-1] not in old_owner._non_persistent_buffers_set)
+        name = parts[-1]
+        if isinstance(value, nn.Module):
+            owner._modules[name] = value
+        elif name in old_owner._buffers:
+            owner._buffers[name] = value
+            if name in old_owner._non_persistent_buffers_set:
+                owner._non_persistent_buffers_set.add(name)
         else:
-            setattr(owner, parts[-1], value)
+            setattr(owner, name, value)
     return holder
 
 

@@ -118,11 +118,22 @@ class Context:
         return self._modules[node.target]
 
     # --- writing -------------------------------------------------------------------------
-    def param_axis(self, name: str, dim: int) -> np.ndarray:
-        """Channel ids of dimension ``dim`` of parameter/buffer ``name`` (created on first use)."""
+    def param_axis(self, name: str, dim: int, tied: np.ndarray | None = None) -> np.ndarray:
+        """Channel ids of dimension ``dim`` of parameter/buffer ``name`` (created on first use).
+
+        ``tied``: ids (one per element of the dim) that this dim is pruned with. On first use they
+        become the dim's ids, which saves allocating fresh ids and merging them (most parameter dims
+        follow a tensor: norms, biases, a layer's input dim); on later uses they are merged.
+        """
         key = (name, dim)
         if key not in self._sites:
-            self._sites[key] = self.space.fresh(self._tensor(name).shape[dim])
+            size = self._tensor(name).shape[dim]
+            if tied is not None and tied.ndim == 1 and len(tied) == size:
+                self._sites[key] = tied
+                return tied
+            self._sites[key] = self.space.fresh(size)
+        if tied is not None:
+            self.space.merge(self._sites[key], tied)
         return self._sites[key]
 
     def block_value(self, value: Any) -> None:
@@ -200,12 +211,17 @@ class Context:
         # A label that never reaches a tensor flowing through the graph only lives in some parameter
         # dimension no rule understood: never prune it.
         prunable = ~blocked & in_flow
-        sites = [ParamSite(name, dim, label_of_id[ids]) for (name, dim), ids in self._sites.items()]
         # A place's labels matter, not which node or parameter it is: most places repeat another's
         # labels (a convolution's output, its weight and the batch norm after it), so group over
-        # distinct places only (the same groups, a tenth of the work on CNNs).
+        # distinct places only (the same groups, a tenth of the work on CNNs), and let parameter
+        # dims with the same labels share one array (surgery computes its kept indices once).
         places: dict[bytes, np.ndarray] = {}
-        for labels in [site.label_index for site in sites] + [label_of_id[ids] for ids in _distinct(self._flow)]:
+        sites = []
+        for (name, dim), ids in self._sites.items():
+            labels = label_of_id[ids]
+            sites.append(ParamSite(name, dim, places.setdefault(labels.tobytes(), labels)))
+        for ids in _distinct(self._flow):
+            labels = label_of_id[ids]
             places.setdefault(labels.tobytes(), labels)
         groups = _groups(count, prunable, np.concatenate([np.zeros(0, np.int64), *places.values()]),
                          [len(labels) for labels in places.values()])

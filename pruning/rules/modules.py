@@ -7,12 +7,20 @@ from torch import nn
 
 from .base import Rule, register
 from .common import group_norm_channels, reshape, spatial
-from .tensor_ops import _contract, conv_channels
+from .tensor_ops import conv_channels
 
 
 def _input(ctx, node):
     x = node.args[0]
     return ctx.value(x), ctx.shape(x)
+
+
+def _tie(ctx, ids, name: str, dim: int) -> None:
+    """Parameter dim pruned with tensor dim ``ids``; fixed (never pruned) if the tensor dim is."""
+    if ids is None:
+        ctx.space.block(ctx.param_axis(name, dim))
+    else:
+        ctx.param_axis(name, dim, ids)
 
 
 class _ShapePreserving(Rule):
@@ -32,10 +40,12 @@ class ConvModule(Rule):
         name = node.target
         out_ids = ctx.param_axis(f"{name}.weight", 0)
         in_ids = value[1] if len(shape) == m.weight.dim() else value[0]  # batched or not
-        weight_in = ctx.param_axis(f"{name}.weight", 1) if m.groups == 1 else None
-        conv_channels(ctx, in_ids, out_ids, weight_in, m.groups)
+        if m.groups == 1:
+            _tie(ctx, in_ids, f"{name}.weight", 1)
+        else:
+            conv_channels(ctx, in_ids, out_ids, None, m.groups)
         if m.bias is not None:
-            ctx.space.merge(out_ids, ctx.param_axis(f"{name}.bias", 0))
+            ctx.param_axis(f"{name}.bias", 0, out_ids)
         channel_dim = len(shape) - m.weight.dim() + 1
         return (None,) * channel_dim + (out_ids,) + (None,) * (len(shape) - channel_dim - 1)
 
@@ -70,7 +80,7 @@ class ConvTransposeModule(Rule):
         if m.groups != 1:
             ctx.block_value(value)
             return None
-        _contract(ctx, value[channel_dim], ctx.param_axis(f"{node.target}.weight", 0))
+        _tie(ctx, value[channel_dim], f"{node.target}.weight", 0)
         out_ids = ctx.param_axis(f"{node.target}.weight", 1)
         if m.bias is not None:
             ctx.space.merge(out_ids, ctx.param_axis(f"{node.target}.bias", 0))
@@ -86,10 +96,10 @@ class LinearModule(Rule):
 
     def propagate(self, ctx, node):
         value, _ = _input(ctx, node)
-        _contract(ctx, value[-1], ctx.param_axis(f"{node.target}.weight", 1))
+        _tie(ctx, value[-1], f"{node.target}.weight", 1)
         out_ids = ctx.param_axis(f"{node.target}.weight", 0)
         if ctx.module(node).bias is not None:
-            ctx.space.merge(out_ids, ctx.param_axis(f"{node.target}.bias", 0))
+            ctx.param_axis(f"{node.target}.bias", 0, out_ids)
         return value[:-1] + (out_ids,)
 
     def output_shape(self, m, shape):
@@ -119,7 +129,7 @@ class BatchNormModule(_ShapePreserving):
         ids = value[dim]
         for name in ("weight", "bias", "running_mean", "running_var"):
             if getattr(m, name, None) is not None:
-                _contract(ctx, ids, ctx.param_axis(f"{node.target}.{name}", 0))
+                _tie(ctx, ids, f"{node.target}.{name}", 0)
         return value
 
     def update_module(self, m):
@@ -143,7 +153,7 @@ class LayerNormModule(_ShapePreserving):
                 if ids is not None:
                     ctx.space.block(ids)
                 continue
-            _contract(ctx, ids, ctx.param_axis(f"{node.target}.weight", j))
+            _tie(ctx, ids, f"{node.target}.weight", j)
             if m.bias is not None:
                 ctx.space.merge(ctx.param_axis(f"{node.target}.weight", j),
                                 ctx.param_axis(f"{node.target}.bias", j))
@@ -202,7 +212,7 @@ class PReLUModule(_ShapePreserving):
         value, shape = _input(ctx, node)
         if m.num_parameters > 1:
             dim = 1 if len(shape) > 1 else 0
-            _contract(ctx, value[dim], ctx.param_axis(f"{node.target}.weight", 0))
+            _tie(ctx, value[dim], f"{node.target}.weight", 0)
         return value
 
     def update_module(self, m):

@@ -129,12 +129,13 @@ def record_shapes(root: nn.Module, args: tuple, kwargs: dict, graph: fx.Graph | 
     their rule computes, which makes it nearly free; an op without a fake-tensor implementation
     makes it run again on the real inputs. Eval mode keeps
     BatchNorm statistics untouched and lets batch-size-1 inputs through; the modes of all modules are
-    restored afterwards.
+    restored afterwards (a model already in eval mode is left as it is).
     """
     graph = root.graph if graph is None else graph
     inputs = bind_inputs(graph, args, kwargs)
     modes = {m: m.training for m in root.modules()}
-    root.eval()
+    if any(modes.values()):  # setting modes costs more than the pass itself on small models
+        root.eval()
     try:
         with torch.no_grad():
             try:
@@ -146,4 +147,5 @@ def record_shapes(root: nn.Module, args: tuple, kwargs: dict, graph: fx.Graph | 
                 _run(root, graph, inputs, fake=False)
     finally:
         for module, mode in modes.items():
-            module.training = mode
+            if module.training != mode:
+                module.training = mode
