@@ -4,16 +4,15 @@
 
 Phases, each timed on its own (random weights, 1x3x224x224, the first half of every group pruned):
 - ``fx trace``: ``torch.fx`` symbolic tracing of the model (our tracer: leaf modules, soft tracing);
-- ``GraphModule``: turning the graph into a runnable ``fx.GraphModule`` (attribute copies + code generation);
-- ``fingerprint``: the IR id (hash of the code and every tensor's name, shape and first elements);
 - ``shape pass``: ``record_shapes`` (fake tensors; modules with ``Rule.output_shape`` are not run);
 - ``propagation``: channel ids through the rules, labels, groups;
-- ``select``: choosing the labels (``zoo.half_of_every_group``);
-- ``prune``: ``ir.prune`` (label checks, slicing, copy, rewrites, new fingerprint), of which ``module copy``
-  is copying the submodules (the sliced tensors already in the memo, as ``ir.prune`` does) and
-  ``GraphModule copy`` is ``copy.deepcopy`` of the GraphModule with those copies in its memo (its graph and a
-  fresh code generation).
-Tracing and the two GraphModule constructions are torch.fx's fixed cost; the rest is ours.
+- ``IR id``: the fingerprint (hash of the graph's code and every tensor's name, shape and first
+  elements), computed when the first labels are made;
+- ``select``: choosing the labels (``zoo.half_of_every_group``), the IR id excluded;
+- ``prune``: ``ir.prune`` (label checks, slicing, copying the modules and the graph, rewrites, one
+  GraphModule built), of which ``GraphModule`` is building the pruned GraphModule from the copies
+  (attribute installation, code generation and compile: torch.fx's fixed cost with the trace).
+No GraphModule of the unpruned model is built: an IR that is only pruned never needs one.
 """
 from __future__ import annotations
 
@@ -35,13 +34,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from pruning import PruningIR  # noqa: E402
 from pruning.channels.propagation import Context  # noqa: E402
 from pruning.ir import fingerprint  # noqa: E402
-from pruning.surgery import _copy_module, _like, sliced_tensors  # noqa: E402
-from pruning.tracing import record_shapes  # noqa: E402
-from pruning.tracing.tracer import _Tracer  # noqa: E402
+from pruning.surgery import _copied_root, _copy_targets, _like, sliced_tensors  # noqa: E402
+from pruning.tracing import record_shapes, trace_graph  # noqa: E402
 from zoo import half_of_every_group  # noqa: E402
 
-PHASES = ["fx trace", "GraphModule", "fingerprint", "shape pass", "propagation", "select", "prune",
-          "module copy", "GraphModule copy"]
+PHASES = ["fx trace", "shape pass", "propagation", "IR id", "select", "prune", "GraphModule"]
 
 
 def _timed(function):
@@ -57,20 +54,23 @@ def measure(name: str, runs: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {phase: [] for phase in PHASES}
     for run in range(runs + 1):  # the first run warms caches and is dropped
         times = {}
-        graph, times["fx trace"] = _timed(lambda: _Tracer().trace(model))
-        graph_module, times["GraphModule"] = _timed(lambda: fx.GraphModule(model, graph, type(model).__name__))
-        _, times["fingerprint"] = _timed(lambda: fingerprint(graph_module))
-        _, times["shape pass"] = _timed(lambda: record_shapes(graph_module, (x,), {}))
-        _, times["propagation"] = _timed(lambda: Context(graph_module).run())
+        graph, times["fx trace"] = _timed(lambda: trace_graph(model))
+        _, times["shape pass"] = _timed(lambda: record_shapes(model, (x,), {}, graph))
+        _, times["propagation"] = _timed(lambda: Context(model, graph).run())
+        _, times["IR id"] = _timed(lambda: fingerprint(model, graph=graph))
         ir = PruningIR(model, example_input=x)
+        ir.uid  # noqa: B018 - computed above as "IR id"
         labels, times["select"] = _timed(lambda: half_of_every_group(ir.snapshot()))
         _, times["prune"] = _timed(lambda: ir.prune(labels=labels))
-        traced, analysis = ir.model, ir.snapshot().analysis
-        keep = np.ones(analysis.num_labels, dtype=bool)
+        snapshot = ir.snapshot()
+        keep = np.ones(snapshot.num_labels, dtype=bool)
         keep[[label.index for label in labels]] = False
-        memo = {id(old): _like(old, new) for old, new in sliced_tensors(traced, analysis, keep).values()}
-        _, times["module copy"] = _timed(lambda: [_copy_module(child, memo) for child in traced.children()])
-        _, times["GraphModule copy"] = _timed(lambda: copy.deepcopy(traced, memo))
+        sliced = sliced_tensors(model, snapshot.analysis, keep)
+        memo = {id(old): _like(old, new) for old, new in sliced.values()}
+        copies = _copy_targets(model, snapshot.graph, memo)
+        new_graph = copy.deepcopy(snapshot.graph, memo)
+        holder = _copied_root(model, copies)
+        _, times["GraphModule"] = _timed(lambda: fx.GraphModule(holder, new_graph, type(model).__name__))
         if run:
             for phase, value in times.items():
                 samples[phase].append(value)
@@ -88,8 +88,8 @@ def main() -> None:
     print("|---|" + "---|" * (len(PHASES) + 2))
     for name in args.models:
         t = measure(name, args.runs)
-        total = sum(t[p] for p in PHASES[:7])
-        fx_share = (t["fx trace"] + t["GraphModule"] + t["GraphModule copy"]) / total
+        total = sum(t[p] for p in PHASES[:6])
+        fx_share = (t["fx trace"] + t["GraphModule"]) / total
         print(f"| {name} | " + " | ".join(f"{t[p]:.1f}" for p in PHASES) + f" | {total:.1f} | {fx_share:.0%} |")
 
 
