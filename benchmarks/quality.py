@@ -23,7 +23,10 @@ Every pruned model then gets the same budget as the ``finetune`` stage: BatchNor
 times (seeds ``seed``, ``seed + 1``...: data order and optimizer state differ; every method sees the same
 seeds). Accuracy on the test split: right after pruning, after BatchNorm re-estimation and after
 fine-tuning (both means over the seeds; the table also gives the fine-tuned range). With a 270-image test
-split one image is 0.0037, so a single fine-tuning run cannot rank methods that close. Latency (CPU, one thread): median over interleaved rounds of all models (each round: median
+split one image is 0.0037, so a single fine-tuning run cannot rank methods that close; after the full
+budget every method lands near 100% on this easy task. A second, short budget (``--short-epochs``, 1 by
+default: one epoch with its own schedule, from the same re-estimated model and seeds) shows how much of
+the starting point survives a brief fine-tuning. Latency (CPU, one thread): median over interleaved rounds of all models (each round: median
 of ``latency.repeats`` forward passes after ``latency.warmup``), at batch 1 (``latency.batch_size``) and 64;
 the unpruned model traced into a GraphModule (the form of our pruned models) is measured with them.
 """
@@ -117,11 +120,18 @@ def calibrate(ir: PruningIR, batches: list) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def finetune(model: nn.Module, params: Params, data_dir: Path, device, test_loader, seeds: int = 1) -> dict:
+def finetune(model: nn.Module, params: Params, data_dir: Path, device, test_loader, seeds: int = 1,
+             short_epochs: int = 1) -> dict:
     """The ``finetune`` stage's budget on copies of ``model``, once per seed (``seed``, ``seed + 1``...: the
     data order and initial state of the optimizer differ); accuracies after BN re-estimation and after
-    fine-tuning are the means over seeds, with the per-seed values kept."""
-    result = {"acc_pruned": accuracy(model, test_loader, device), "acc_bn_seeds": [], "acc_finetuned_seeds": []}
+    fine-tuning are the means over seeds, with the per-seed values kept.
+
+    A second, short budget (``short_epochs`` epochs, its own learning-rate schedule) starts from the same
+    re-estimated model with the same seed, after the full run (so the full run is what it was without it):
+    with a budget short enough that the starting point still shows, the criterion's effect is measurable
+    on a task that a full fine-tuning saturates."""
+    result = {"acc_pruned": accuracy(model, test_loader, device), "acc_bn_seeds": [], "acc_finetuned_seeds": [],
+              "acc_short_seeds": []}
     epochs = params.get_int("finetune.epochs")
     started = time.perf_counter()
     for offset in range(seeds):
@@ -132,13 +142,23 @@ def finetune(model: nn.Module, params: Params, data_dir: Path, device, test_load
                                    seed=seed)
         recalibrate_batchnorm(tuned, train_loader, device, params.get_int("finetune.bn_batches"))
         result["acc_bn_seeds"].append(accuracy(tuned, test_loader, device))
+        start = copy.deepcopy(tuned)
         train_epochs(tuned, train_loader, params, epochs, device, desc=f"finetune seed {seed}")
         result["acc_finetuned_seeds"].append(accuracy(tuned, test_loader, device))
+        if short_epochs:
+            seed_everything(seed)
+            short_loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True,
+                                       seed=seed)
+            train_epochs(start, short_loader, params, short_epochs, device, desc=f"short finetune seed {seed}")
+            result["acc_short_seeds"].append(accuracy(start, test_loader, device))
     result["finetune_s"] = time.perf_counter() - started
     result["finetune_epochs"] = epochs
+    result["short_epochs"] = short_epochs
     # Rounded so that equal image counts give equal means (float sums in another order differ in the last bit).
     result["acc_bn"] = round(statistics.fmean(result["acc_bn_seeds"]), 9)
     result["acc_finetuned"] = round(statistics.fmean(result["acc_finetuned_seeds"]), 9)
+    if short_epochs:
+        result["acc_short"] = round(statistics.fmean(result["acc_short_seeds"]), 9)
     return result
 
 
@@ -210,7 +230,8 @@ def measure_latency(rows: list[dict], example: torch.Tensor, params: Params, rou
 
 
 def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=print, save=None,
-        done: list[dict] | None = None, finetune_epochs: int | None = None, seeds: int = 1) -> list[dict]:
+        done: list[dict] | None = None, finetune_epochs: int | None = None, seeds: int = 1,
+        short_epochs: int = 1) -> list[dict]:
     """All models; ``save(rows)`` after each model; models already in ``done`` (rows of an earlier run)
     are kept as they are and not run again."""
     warnings.filterwarnings("ignore")
@@ -252,7 +273,8 @@ def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=p
                 r.update({"acc_pruned": accuracy(copy.deepcopy(r["pruned_model"]), test_loader, device)})
                 r["acc_bn"] = r["acc_finetuned"] = r["acc_pruned"]
             else:
-                r.update(finetune(r["pruned_model"], params, data_dir, device, test_loader, seeds=seeds))
+                r.update(finetune(r["pruned_model"], params, data_dir, device, test_loader, seeds=seeds,
+                                  short_epochs=short_epochs))
                 log(f"  {name} {r['target']:.0%} {r['method']}: MACs {r['macs_ratio']:.3f}, acc {r['acc_pruned']:.3f} -> "
                     f"{r['acc_bn']:.3f} (BN) -> {r['acc_finetuned']:.3f}")
         for r in model_rows:
@@ -274,25 +296,27 @@ def _best(rows: list[dict], key: str) -> dict:
     return best
 
 
-def _spread(row: dict) -> str:
-    """`` (min-max)`` of the per-seed fine-tuned accuracies when there are several."""
-    seeds = row.get("acc_finetuned_seeds", [])
+def _spread(row: dict, key: str = "acc_finetuned") -> str:
+    """`` (min-max)`` of the per-seed accuracies when there are several."""
+    seeds = row.get(f"{key}_seeds", [])
     return f" ({min(seeds):.3f}-{max(seeds):.3f})" if len(seeds) > 1 else ""
 
 
 def markdown(rows: list[dict]) -> str:
     """One table per model; a method's cell is bold when it is the best at that target (ties included)."""
-    best_pruned, best_ft = _best(rows, "acc_pruned"), _best(rows, "acc_finetuned")
+    best_pruned, best_ft, best_short = _best(rows, "acc_pruned"), _best(rows, "acc_finetuned"), _best(rows, "acc_short")
+    short = sorted({r["short_epochs"] for r in rows if r.get("short_epochs")})
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         out += [f"#### {model}", "",
                 "| target | method | MACs (ratio) | params | latency b1 ms (ratio) | latency b64 ms (ratio) "
-                "| acc. pruned | acc. after BN re-est. | acc. fine-tuned (seeds' range) | verdict |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "| acc. pruned | acc. after BN re-est. | acc. fine-tuned (seeds' range) "
+                f"| acc. after {'/'.join(map(str, short)) or '-'}-epoch fine-tune (range) | verdict |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["model"] == model):
             label = "100%" if r["method"] == "baseline" else f"{r['target']:.0%}"
             if "error" in r:
-                out.append(f"| {label} | {r['method']} | **error**: {r['error'][:150]} | | | | | | | |")
+                out.append(f"| {label} | {r['method']} | **error**: {r['error'][:150]} | | | | | | | | |")
                 continue
             k = (r["model"], r["target"])
             bold = lambda v, best: f"**{v:.3f}**" if best is not None and v >= best - 1e-12 else f"{v:.3f}"  # noqa: E731
@@ -308,13 +332,19 @@ def markdown(rows: list[dict]) -> str:
                                                                else "ties best TP" if r["acc_finetuned"] == best_peer_ft else "beats best TP"))
                         verdict_parts.append("pruned: " + ("**loses**" if r["acc_pruned"] < best_peer_pr
                                                            else "ties" if r["acc_pruned"] == best_peer_pr else "beats"))
+                        shorts = [p["acc_short"] for p in peer_rows if "acc_short" in p]
+                        if "acc_short" in r and shorts:
+                            verdict_parts.append("short: " + ("**loses**" if r["acc_short"] < max(shorts)
+                                                              else "ties" if r["acc_short"] == max(shorts) else "beats"))
                 verdict = "; ".join(verdict_parts)
             out.append(
                 f"| {label} | {r['method']} | {r['macs']:.3g} ({r['macs_ratio']:.3f}) | {r['params']:,} | "
                 f"{r['latency_b1_ms']:.3f} ({r['latency_ratio_b1']:.2f}) | {r['latency_b64_ms']:.2f} ({r['latency_ratio_b64']:.2f}) | "
                 f"{bold(r['acc_pruned'], best_pruned.get(k) if r['method'] != 'baseline' else None)} | "
                 f"{r['acc_bn']:.3f} | "
-                f"{bold(r['acc_finetuned'], best_ft.get(k) if r['method'] != 'baseline' else None)}{_spread(r)} | {verdict} |"
+                f"{bold(r['acc_finetuned'], best_ft.get(k) if r['method'] != 'baseline' else None)}{_spread(r)} | "
+                + (f"{bold(r['acc_short'], best_short.get(k) if r['method'] != 'baseline' else None)}"
+                   f"{_spread(r, 'acc_short')}" if "acc_short" in r else "") + f" | {verdict} |"
             )
         out.append("")
     return "\n".join(out)
@@ -339,7 +369,7 @@ def _parallel(models: list[str], args: argparse.Namespace) -> list[dict]:
             cmd.append("--quick")
         if args.finetune_epochs is not None:
             cmd += ["--finetune-epochs", str(args.finetune_epochs)]
-        cmd += ["--seeds", str(args.seeds)]
+        cmd += ["--seeds", str(args.seeds), "--short-epochs", str(args.short_epochs)]
         procs[m] = subprocess.Popen(cmd, cwd=ROOT)
     for m, proc in procs.items():
         if proc.wait() != 0:
@@ -362,6 +392,8 @@ def main() -> None:
                         help="fine-tuning epochs for every method (default: params.yaml finetune.epochs)")
     parser.add_argument("--seeds", type=int, default=3,
                         help="fine-tuning runs per pruned model (seeds seed, seed+1, ...); accuracies are means")
+    parser.add_argument("--short-epochs", type=int, default=1,
+                        help="epochs of the second, short fine-tuning budget (0: none)")
     parser.add_argument("--jobs", type=int, default=1, help="models in parallel, one subprocess each (default 1)")
     args = parser.parse_args()
     models, targets, rounds = (["default"], [0.5], 2) if args.quick else (args.models, args.targets, args.rounds)
@@ -382,7 +414,7 @@ def main() -> None:
 
     done = json.loads(args.json.read_text()) if args.resume and args.json and args.json.exists() else None
     rows = run(models, targets, args.quick, rounds, log=lambda s: print(s, flush=True), save=save, done=done,
-               finetune_epochs=args.finetune_epochs, seeds=args.seeds)
+               finetune_epochs=args.finetune_epochs, seeds=args.seeds, short_epochs=args.short_epochs)
     print(markdown(rows))
 
 

@@ -227,7 +227,10 @@ def quality_losses(rows: list[dict]) -> list[str]:
         peer = [r for r in group if r.get("tool") == "peer"]
         if not ours or not peer:
             continue
-        for key, what in (("acc_finetuned", "after fine-tuning"), ("acc_pruned", "right after pruning")):
+        for key, what in (("acc_finetuned", "after fine-tuning"), ("acc_short", "after the short fine-tuning"),
+                          ("acc_pruned", "right after pruning")):
+            if any(key not in r for r in ours + peer):
+                continue
             best_ours = max(ours, key=lambda r: r[key])
             best_peer = max(peer, key=lambda r: r[key])
             if best_ours[key] < best_peer[key]:
@@ -236,12 +239,13 @@ def quality_losses(rows: list[dict]) -> list[str]:
                               + _significance(best_ours, best_peer, key))
     methods = list(dict.fromkeys(r["method"] for r in rows if r.get("tool") == "ours"))
     for method in methods:
-        for key, what in (("acc_pruned", "right after pruning"), ("acc_finetuned", "after fine-tuning")):
+        for key, what in (("acc_pruned", "right after pruning"), ("acc_short", "after the short fine-tuning"),
+                          ("acc_finetuned", "after fine-tuning")):
             below = []
             for model, target in keys:
                 group = [r for r in rows if (r["model"], r["target"]) == (model, target) and "error" not in r]
-                mine = [r for r in group if r["method"] == method]
-                peer = [r[key] for r in group if r.get("tool") == "peer"]
+                mine = [r for r in group if r["method"] == method and key in r]
+                peer = [r[key] for r in group if r.get("tool") == "peer" and key in r]
                 if mine and peer and mine[0][key] < max(peer):
                     below.append(f"{model} {target:.0%}")
             if below:
@@ -270,7 +274,9 @@ def finetune_budget(rows: list[dict]) -> str:
     epochs = sorted({r["finetune_epochs"] for r in rows if "finetune_epochs" in r})
     seeds = sorted({len(r["acc_finetuned_seeds"]) for r in rows if "acc_finetuned_seeds" in r})
     runs = f", {'/'.join(map(str, seeds))} seed(s), accuracies are means over seeds" if seeds else ""
-    return "BatchNorm re-estimation + " + "/".join(map(str, epochs)) + " epoch(s)" + runs
+    short = sorted({r["short_epochs"] for r in rows if r.get("short_epochs")})
+    also = f"; short budget: BatchNorm re-estimation + {'/'.join(map(str, short))} epoch(s), same seeds" if short else ""
+    return "BatchNorm re-estimation + " + "/".join(map(str, epochs)) + " epoch(s)" + runs + also
 
 
 def latency_section(rows: list[dict]) -> str:
@@ -356,18 +362,19 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
     if "quality" in results:
         q = results["quality"]
         keys = list(dict.fromkeys((r["model"], r["target"]) for r in q if r["method"] != "baseline"))
-        won_ft = won_pr = 0
+        won = {"acc_finetuned": 0, "acc_short": 0, "acc_pruned": 0}
         for k in keys:
             g = [r for r in q if (r["model"], r["target"]) == k and "error" not in r]
-            o = [r["acc_finetuned"] for r in g if r.get("tool") == "ours"]
-            p = [r["acc_finetuned"] for r in g if r.get("tool") == "peer"]
-            op = [r["acc_pruned"] for r in g if r.get("tool") == "ours"]
-            pp = [r["acc_pruned"] for r in g if r.get("tool") == "peer"]
-            won_ft += bool(o and p and max(o) >= max(p))
-            won_pr += bool(op and pp and max(op) >= max(pp))
+            for key in won:
+                o = [r[key] for r in g if r.get("tool") == "ours" and key in r]
+                p = [r[key] for r in g if r.get("tool") == "peer" and key in r]
+                won[key] += bool(o and p and max(o) >= max(p))
+        short = "" if not any("acc_short" in r for r in q) else (
+            f", **{won['acc_short']}/{len(keys)}** after the short fine-tuning")
         summary.append(f"- **Quality at equal MACs**: our best method matches or beats Torch-Pruning's best at "
-                       f"**{won_ft}/{len(keys)}** (model, budget) points after fine-tuning and **{won_pr}/{len(keys)}** "
-                       "right after pruning (test accuracy; see the tables for which of our selectors).")
+                       f"**{won['acc_finetuned']}/{len(keys)}** (model, budget) points after fine-tuning{short} and "
+                       f"**{won['acc_pruned']}/{len(keys)}** right after pruning (test accuracy; see the tables for "
+                       "which of our selectors).")
         summary.append("- **Latency realised**: " + latency_section(q).rsplit("\n\n", 1)[-1].replace("\n- ", "; ").lstrip("- ") + ".")
     summary += ["", "### Where we lose", ""] + ([f"- {line}" for line in losses] or ["- nowhere in this run"]) + [""]
 
