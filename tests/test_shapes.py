@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import copy
+import operator
 
 import pytest
 import torch
 from torch import nn
 
 from pruning import PruningIR
-from pruning.rules.base import MODULE_RULES
+from pruning.rules.base import FUNCTION_RULES, METHOD_RULES, MODULE_RULES
 from pruning.surgery import _copy_module
 from pruning.tracing import record_shapes, trace_model
 
@@ -145,3 +146,68 @@ def test_shape_pass_falls_back_to_a_real_run():
     assert len(ir.snapshot().labels) == 8  # conv1's channels; conv2's reach the data-dependent op
     pruned = ir.prune(labels=ir.snapshot().labels[:3]).model
     assert pruned.conv1.out_channels == 5 and pruned(x).shape == (2, 4, 7, 7)
+
+
+ELEMENTWISE_CASES = [
+    (operator.add, ((2, 4, 5, 5), (2, 4, 5, 5))),
+    (operator.mul, ((2, 4, 5, 5), (2, 4, 1, 1))),  # squeeze-excitation scale
+    (torch.sub, ((4, 1, 3), (5, 1))),
+    (operator.truediv, ((2, 3), 2)),
+    ("add", ((3, 4), (4,))),
+    ("mul_", ((3, 4), (1, 4))),
+    (operator.iadd, ((2, 3), (2, 3))),
+]
+
+
+def _stand_in(spec):
+    return torch.randn(spec) if isinstance(spec, tuple) else spec
+
+
+@pytest.mark.parametrize("target,specs", ELEMENTWISE_CASES, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_call_shape_matches_the_real_op(target, specs):
+    args = [_stand_in(spec) for spec in specs]
+    rule = (METHOD_RULES if isinstance(target, str) else FUNCTION_RULES)[target]
+    run = (lambda *a: getattr(a[0], target)(*a[1:])) if isinstance(target, str) else target
+    assert rule.call_shape(target, tuple(args), {}) == tuple(run(*args).shape)
+
+
+@pytest.mark.parametrize("target,args", [
+    (operator.add, (torch.randn(2, 3), torch.randn(4, 3))),  # does not broadcast
+    ("add_", (torch.randn(1, 3), torch.randn(4, 3))),  # in place would have to grow its target
+    (operator.truediv, (torch.ones(2, 3, dtype=torch.int64), 2)),  # int / int gives floats
+    (torch.where, (torch.ones(2, dtype=torch.bool), torch.randn(2), torch.randn(2))),
+    (operator.mul, (torch.randn(2), True)),
+])
+def test_call_shape_declines_what_it_does_not_model(target, args):
+    rule = (METHOD_RULES if isinstance(target, str) else FUNCTION_RULES)[target]
+    assert rule.call_shape(target, args, {}) is None
+
+
+class _Gate(nn.Module):
+    def forward(self, x, s):
+        return x * torch.sigmoid(s) + x.mean(dim=(2, 3), keepdim=True) - 1
+
+
+def test_shape_pass_with_call_shapes_records_real_shapes():
+    model, x, s = _Gate(), torch.randn(2, 4, 6, 6), torch.randn(2, 4, 1, 1)
+    graph_module = trace_model(model)
+    record_shapes(graph_module, (x, s), {})
+    env = {}
+    for node in graph_module.graph.nodes:  # a real run, node by node
+        if node.op == "placeholder":
+            env[node] = {"x": x, "s": s}[node.target]
+        elif node.op != "output":
+            args = torch.fx.node.map_arg(node.args, env.__getitem__)
+            kwargs = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
+            env[node] = (node.target(*args, **kwargs) if node.op == "call_function"
+                         else getattr(args[0], node.target)(*args[1:], **kwargs))
+            assert node.meta["pruning_shape"] == env[node].shape, node.name
+
+
+def test_in_place_broadcast_error_is_still_raised():
+    class Grow(nn.Module):
+        def forward(self, x, y):
+            return x.add_(y)
+
+    with pytest.raises(ValueError, match="cannot run on the example input"):
+        PruningIR(Grow(), example_input=(torch.randn(1, 3), torch.randn(4, 3)))

@@ -50,6 +50,16 @@ class Rule:
         """
         return None
 
+    def call_shape(self, target: Callable | str, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+        """Function and method rules: the output shape of ``target(*args, **kwargs)`` (for a method,
+        ``args[0]`` is the tensor it is called on), computed without running it, or None to have the
+        shape pass run it. Tensor arguments may be stand-ins with only ``shape``, ``dtype`` and
+        ``device``; the result has the dtype and device of the tensor arguments, which the shape pass
+        requires to be all alike. Optional, like :meth:`output_shape`; return None for anything the
+        op would reject or that changes the dtype.
+        """
+        return None
+
 
 class Conservative(Rule):
     """Unknown op: none of its input channels may be pruned, its outputs carry no channels."""

@@ -53,6 +53,26 @@ class Elementwise(Rule):
                 ctx.block_value(v)
         return broadcast(ctx, out_shape, ctx.tensor_inputs(node))
 
+    def call_shape(self, target, args, kwargs):
+        # Floating tensors of one dtype and plain numbers keep the dtype under arithmetic; the output
+        # is the broadcast of the tensors' shapes. In-place variants must not broadcast their target.
+        name = target if isinstance(target, str) else getattr(target, "__name__", "")
+        if kwargs or name in ("where", "masked_fill", "masked_fill_"):
+            return None
+        tensors = [a for a in args if isinstance(getattr(a, "dtype", None), torch.dtype)]
+        if not tensors or not tensors[0].dtype.is_floating_point or \
+                any(type(a) not in (int, float) for a in args if not isinstance(getattr(a, "dtype", None), torch.dtype)):
+            return None
+        try:
+            shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        except RuntimeError:
+            return None
+        in_place = name.endswith("_") and not name.endswith("__") or name.startswith("__i") or \
+            target in (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+        if in_place and tuple(shape) != tuple(args[0].shape):
+            return None
+        return tuple(shape)
+
 
 _UNARY_FUNCTIONS = [
     operator.neg, abs, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.log,

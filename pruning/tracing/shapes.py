@@ -8,7 +8,7 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from ..channels.propagation import get_tensor
-from ..rules.base import CONSERVATIVE, MODULE_RULES
+from ..rules.base import CONSERVATIVE, FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Rule
 
 
 def shape_of(value: Any) -> Any:
@@ -74,8 +74,8 @@ def _run(root: nn.Module, graph: fx.Graph, inputs: tuple, fake: bool) -> None:
 
     A lean interpreter (the pass's cost is per node). On fake tensors it avoids fake-tensor dispatch
     where it can, since that dominates: a module whose rule knows its output shape
-    (``Rule.output_shape``) is not run and returns a ``_Shaped``, and so do parameters read by
-    ``get_attr``; ``_Shaped`` values become fake tensors only when an op needs them. Values are dropped
+    (``Rule.output_shape``) is not run and returns a ``_Shaped``, and so do function and method
+    calls whose rule knows theirs (``Rule.call_shape``) and parameters read by ``get_attr``; ``_Shaped`` values become fake tensors only when an op needs them. Values are dropped
     after their last use, so a real run holds no more activations than the model's own forward.
     """
     modules = dict(root.named_modules())
@@ -96,6 +96,8 @@ def _run(root: nn.Module, graph: fx.Graph, inputs: tuple, fake: bool) -> None:
                 value = args[0]
             elif node.op == "call_module":
                 value = _call_module(modules[node.target], args, kwargs, fake)
+            elif fake and (shaped := _call_shape(node, args, kwargs)) is not None:
+                value = shaped
             elif node.op == "call_function":
                 value = node.target(*_materialize(args), **_materialize(kwargs))
             else:
@@ -105,6 +107,21 @@ def _run(root: nn.Module, graph: fx.Graph, inputs: tuple, fake: bool) -> None:
         env[node] = value
         for done in last_uses.get(node, ()):
             del env[done]
+
+
+def _call_shape(node: fx.Node, args: tuple, kwargs: dict) -> "_Shaped | None":
+    """A function or method call's output as a ``_Shaped``, when its rule knows the shape
+    (``Rule.call_shape``) and its tensor arguments share one dtype and device."""
+    rules = FUNCTION_RULES if node.op == "call_function" else METHOD_RULES
+    rule = rules.get(node.target)
+    if rule is None or type(rule).call_shape is Rule.call_shape:
+        return None
+    tensors = [a for a in args if isinstance(a, (torch.Tensor, _Shaped))]
+    if not tensors or any(isinstance(v, (torch.Tensor, _Shaped)) for v in kwargs.values()) or \
+            len({(t.dtype, t.device) for t in tensors}) != 1:
+        return None
+    shape = rule.call_shape(node.target, args, kwargs)
+    return None if shape is None else _Shaped(shape, tensors[0].dtype, tensors[0].device)
 
 
 def _call_module(module: nn.Module, args: tuple, kwargs: dict, fake: bool) -> Any:
