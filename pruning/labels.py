@@ -37,16 +37,20 @@ def check_selection(snapshot: "Snapshot", labels: Iterable[object]) -> np.ndarra
     duplicates, unprunable labels, and selections that would empty a group.
     """
     labels = list(labels)
-    for label in labels:
-        if not isinstance(label, Label):
-            raise TypeError(f"labels must be pruning.Label objects from this IR, got {label!r}")
-    for label in labels:  # one pass in the common case; the first foreign label is named
-        if label.ir_uid != snapshot.ir_uid:
-            raise ValueError(f"{label!r} belongs to another PruningIR (uid {label.ir_uid[:8]}, this one "
-                             f"is {snapshot.ir_uid[:8]}); select labels from the IR you prune")
-        if label.snapshot != snapshot.name:
-            raise ValueError(f"{label!r} belongs to snapshot {label.snapshot!r}, not {snapshot.name!r}; "
-                             f"pass name={label.snapshot!r} or select labels of this snapshot")
+    # Set-based checks run at C speed on the common, valid selection; the first offender is named.
+    if set(map(type, labels)) - {Label}:
+        bad = next((label for label in labels if not isinstance(label, Label)), None)
+        if bad is not None:
+            raise TypeError(f"labels must be pruning.Label objects from this IR, got {bad!r}")
+    if labels and ({label.ir_uid for label in labels} != {snapshot.ir_uid}
+                   or {label.snapshot for label in labels} != {snapshot.name}):
+        for label in labels:
+            if label.ir_uid != snapshot.ir_uid:
+                raise ValueError(f"{label!r} belongs to another PruningIR (uid {label.ir_uid[:8]}, this one "
+                                 f"is {snapshot.ir_uid[:8]}); select labels from the IR you prune")
+            if label.snapshot != snapshot.name:
+                raise ValueError(f"{label!r} belongs to snapshot {label.snapshot!r}, not {snapshot.name!r}; "
+                                 f"pass name={label.snapshot!r} or select labels of this snapshot")
     indices = np.fromiter((label.index for label in labels), dtype=np.int64, count=len(labels))
     out_of_range = np.flatnonzero((indices < 0) | (indices >= snapshot.num_labels))
     if len(out_of_range):

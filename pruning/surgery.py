@@ -88,8 +88,9 @@ def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, kee
     """
     new_values = sliced_tensors(root, analysis, keep_label)
     if inplace:
+        modules = dict(root.named_modules())
         for name, (old, value) in new_values.items():
-            _set_tensor(root, name, _like(old, value))
+            _set_tensor(root, name, _like(old, value), modules)
         module_of: Callable[[str], Any] = root.get_submodule
     else:
         memo: dict[int, Any] = {id(old): _like(old, value) for old, value in new_values.values()}
@@ -149,10 +150,11 @@ def _copy_targets(root: nn.Module, graph: fx.Graph, memo: dict[int, Any]) -> dic
     """Copies of the modules and attributes the graph's nodes name, by target (one memo, so a tensor
     reached twice is copied once, and the sliced tensors already in it are used)."""
     copies: dict[str, Any] = {}
+    modules = dict(root.named_modules())
     for node in graph.nodes:
         if node.op in ("call_module", "get_attr") and node.target not in copies:
             owner, _, attr = node.target.rpartition(".")
-            value = getattr(root.get_submodule(owner) if owner else root, attr)
+            value = getattr(modules[owner] if owner in modules else root.get_submodule(owner), attr)
             copies[node.target] = (_copy_module(value, memo) if isinstance(value, nn.Module)
                                    else copy.deepcopy(value, memo))
     return copies
@@ -198,6 +200,9 @@ def _copy_module(module: nn.Module, memo: dict[int, Any]) -> nn.Module:
         elif key == "_modules":
             state[key] = kind((name, None if child is None else _copy_module(child, memo))
                               for name, child in value.items())
+        elif key in ("_parameters", "_buffers") and kind is dict:  # sliced tensors are in the memo
+            state[key] = {name: memo[id(t)] if id(t) in memo else copy.deepcopy(t, memo)
+                          for name, t in value.items()}
         elif kind in (dict, OrderedDict, set, list) and not value:
             state[key] = kind()
         else:
@@ -214,9 +219,9 @@ def _like(old: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
+def _set_tensor(module: nn.Module, name: str, value: torch.Tensor, modules: dict[str, nn.Module]) -> None:
     owner_name, _, attr = name.rpartition(".")
-    owner = module.get_submodule(owner_name) if owner_name else module
+    owner = modules[owner_name] if owner_name in modules else module.get_submodule(owner_name)
     if attr in owner._parameters:
         owner._parameters[attr] = value
     elif attr in owner._buffers:
