@@ -211,3 +211,12 @@ def test_in_place_broadcast_error_is_still_raised():
 
     with pytest.raises(ValueError, match="cannot run on the example input"):
         PruningIR(Grow(), example_input=(torch.randn(1, 3), torch.randn(4, 3)))
+
+
+def test_a_shape_only_value_becomes_one_tensor():
+    # Consumers of one value must see one tensor, as in a real run (attention checks query is key).
+    from pruning.tracing.shapes import _Shaped
+
+    value = _Shaped((2, 3), torch.float32, torch.device("cpu"))
+    assert value.materialize() is value.materialize()
+    assert value.materialize().shape == (2, 3)

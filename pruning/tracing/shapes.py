@@ -44,13 +44,18 @@ class _Shaped:
     returns in the fake pass. It becomes an empty fake tensor only when an op needs a tensor, so a chain
     of such modules (conv, norm, activation...) creates none."""
 
-    __slots__ = ("shape", "dtype", "device")
+    __slots__ = ("shape", "dtype", "device", "_tensor")
 
     def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
         self.shape, self.dtype, self.device = torch.Size(shape), dtype, device
+        self._tensor: torch.Tensor | None = None
 
     def materialize(self) -> torch.Tensor:
-        return torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        # One tensor per value, as in a real run: ops that test identity (attention called with the
+        # same tensor as query, key and value takes its packed path) see what they would see.
+        if self._tensor is None:
+            self._tensor = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+        return self._tensor
 
 
 def _materialize(value: Any) -> Any:
