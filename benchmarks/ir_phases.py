@@ -67,7 +67,7 @@ def measure(name: str, runs: int) -> dict[str, float]:
         keep[[label.index for label in labels]] = False
         sliced = sliced_tensors(model, snapshot.analysis, keep)
         memo = {id(old): _like(old, new) for old, new in sliced.values()}
-        copies = _copy_targets(model, snapshot.graph, memo)
+        copies = _copy_targets(model, snapshot.graph, memo, dict(model.named_modules()))
         new_graph = copy.deepcopy(snapshot.graph, memo)
         holder = _copied_root(model, copies)
         _, times["GraphModule"] = _timed(lambda: fx.GraphModule(holder, new_graph, type(model).__name__))

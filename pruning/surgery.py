@@ -52,13 +52,14 @@ class Rewriter:
         return self._module_of(node.target)
 
 
-def sliced_tensors(root: nn.Module, analysis: Analysis,
-                   keep_label: np.ndarray) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(old tensor, new value) of every parameter/buffer that loses elements, by qualified name."""
+def sliced_tensors(root: nn.Module, analysis: Analysis, keep_label: np.ndarray,
+                   modules: dict[str, nn.Module] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(old tensor, new value) of every parameter/buffer that loses elements, by qualified name
+    (``modules`` is ``dict(root.named_modules())`` if the caller has it)."""
     by_name: dict[str, list] = defaultdict(list)
     for site in analysis.sites:
         by_name[site.name].append(site)
-    tensor_of = tensor_lookup(root)
+    tensor_of = tensor_lookup(root, modules)
     kept: dict[tuple[int, torch.device], torch.Tensor | None] = {}  # sites often share label arrays
     out = {}
     for name, sites in by_name.items():
@@ -86,15 +87,15 @@ def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, kee
     the graph is copied, rewritten, and compiled once into a new GraphModule. With ``inplace`` the
     tensors of ``root`` are replaced and ``graph`` itself is rewritten.
     """
-    new_values = sliced_tensors(root, analysis, keep_label)
+    modules = dict(root.named_modules())
+    new_values = sliced_tensors(root, analysis, keep_label, modules)
     if inplace:
-        modules = dict(root.named_modules())
         for name, (old, value) in new_values.items():
             _set_tensor(root, name, _like(old, value), modules)
         module_of: Callable[[str], Any] = root.get_submodule
     else:
         memo: dict[int, Any] = {id(old): _like(old, value) for old, value in new_values.values()}
-        copies = _copy_targets(root, graph, memo)
+        copies = _copy_targets(root, graph, memo, modules)
         graph = copy.deepcopy(graph, memo)
         module_of = copies.__getitem__
     for target, rule in analysis.module_rules.items():
@@ -146,11 +147,12 @@ def _copied_root(root: nn.Module, copies: dict[str, Any]) -> nn.Module:
     return holder
 
 
-def _copy_targets(root: nn.Module, graph: fx.Graph, memo: dict[int, Any]) -> dict[str, Any]:
+def _copy_targets(root: nn.Module, graph: fx.Graph, memo: dict[int, Any],
+                  modules: dict[str, nn.Module]) -> dict[str, Any]:
     """Copies of the modules and attributes the graph's nodes name, by target (one memo, so a tensor
-    reached twice is copied once, and the sliced tensors already in it are used)."""
+    reached twice is copied once, and the sliced tensors already in it are used); ``modules`` is
+    ``dict(root.named_modules())``."""
     copies: dict[str, Any] = {}
-    modules = dict(root.named_modules())
     for node in graph.nodes:
         if node.op in ("call_module", "get_attr") and node.target not in copies:
             owner, _, attr = node.target.rpartition(".")
