@@ -112,11 +112,7 @@ def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, kee
         if changed:  # the generated code only depends on the graph
             root.recompile()
         return root
-    if inplace:
-        pruned = fx.GraphModule(root, graph, type(root).__name__)
-    else:
-        pruned = fx.GraphModule(_copied_root(root, copies), graph, type(root).__name__)
-    return pruned
+    return fx.GraphModule(root if inplace else _copied_root(root, copies), graph, type(root).__name__)
 
 
 def _copied_root(root: nn.Module, copies: dict[str, Any]) -> nn.Module:
