@@ -1,4 +1,5 @@
-"""Data sets as tensors: scikit-learn's bundled digits by default, or any torchvision ImageFolder.
+"""Data sets as tensors: scikit-learn's bundled digits by default, Fashion-MNIST (or any data set in
+MNIST's IDX format) or any torchvision ImageFolder.
 
 `prepare` writes `train.pt`, `val.pt`, `test.pt` (weights-only tensor files, deterministic bytes) and
 `meta.json` under one directory; every later stage reads them through `load_split`/`make_loader`.
@@ -6,6 +7,9 @@
 
 from __future__ import annotations
 
+import gzip
+import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,11 @@ from stages.artifacts import load_state_dict, read_json, save_state_dict, write_
 from stages.errors import StageError
 
 SPLITS = ("train", "val", "test")
+# Where Debian's and Ubuntu's package `dataset-fashion-mnist` installs the four IDX files.
+FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+IDX_PARTS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def load_digits_arrays() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -27,12 +36,59 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray, list[str]]:
     return images, digits.target.astype(np.int64), [str(name) for name in digits.target_names]
 
 
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (MNIST's format; gzipped when the name ends in .gz) of unsigned bytes, in its shape."""
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise StageError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'}, "
+                         "expected 00000801 or 00000803)")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if array.size != math.prod(dims):
+        raise StageError(f"{path} holds {array.size} values, its header says {dims} (a truncated download?)")
+    return array.reshape(dims)
+
+
+def find_idx_files(root: Path) -> dict[str, Path] | None:
+    """The four IDX files of an MNIST-format directory (plain or .gz), or None if `root` is not one."""
+    found = {}
+    for part in IDX_PARTS:
+        candidates = [root / part, root / f"{part}.gz"]
+        found[part] = next((c for c in candidates if c.is_file()), None)
+    return found if all(found.values()) else None
+
+
+def load_idx_arrays(root: Path, image_size: int, classes: list[str] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """An MNIST-format directory's train and test images together (``prepare`` splits them with the seed),
+    as float32 in [0, 1], shape (N, 1, image_size, image_size): area-averaged when smaller than stored,
+    bilinear when larger. `classes` names the labels (default: the label numbers)."""
+    files = find_idx_files(root)
+    if files is None:
+        missing = [p for p in IDX_PARTS if not (root / p).is_file() and not (root / f"{p}.gz").is_file()]
+        raise StageError(f"{root} lacks the IDX files {', '.join(missing)} (plain or .gz)")
+    images = np.concatenate([read_idx(files["train-images-idx3-ubyte"]), read_idx(files["t10k-images-idx3-ubyte"])])
+    targets = np.concatenate([read_idx(files["train-labels-idx1-ubyte"]), read_idx(files["t10k-labels-idx1-ubyte"])])
+    if images.ndim != 3 or targets.ndim != 1 or len(images) != len(targets):
+        raise StageError(f"{root}: images {images.shape} and labels {targets.shape} do not pair up")
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        shrink = image_size < min(x.shape[-2:])
+        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="area" if shrink else "bilinear",
+                                            **({} if shrink else {"align_corners": False}))
+    names = classes or [str(label) for label in range(int(targets.max()) + 1)]
+    return x.numpy(), targets.astype(np.int64), names
+
+
 def load_image_folder_arrays(root: Path, image_size: int, grayscale: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """All images of an ImageFolder root, resized and center-cropped to `image_size`, in [0, 1]."""
     from torchvision import datasets, transforms
 
     if not root.is_dir():
-        raise StageError(f"params.yaml: 'data.source' = '{root}' is neither 'digits' nor an existing directory")
+        raise StageError(f"params.yaml: 'data.source' = '{root}' is neither 'digits', 'fashion_mnist' nor an "
+                         "existing directory")
     steps = [transforms.Grayscale(1)] if grayscale else [transforms.Lambda(lambda image: image.convert("RGB"))]
     steps += [transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor()]
     try:

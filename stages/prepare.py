@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stages.data import load_digits_arrays, load_image_folder_arrays, split_arrays, write_splits
+from stages.data import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_ROOT,
+    find_idx_files,
+    load_digits_arrays,
+    load_idx_arrays,
+    load_image_folder_arrays,
+    split_arrays,
+    write_splits,
+)
 from stages.errors import StageError
 from stages.params import Params
 
 
 def run(params: Params, out_dir: Path) -> None:
-    """Load `data.source` ('digits' or an ImageFolder root), split it with `seed`, write it to `out_dir`."""
+    """Load `data.source`, split it with `seed`, write it to `out_dir`.
+
+    Sources: 'digits' (scikit-learn's), 'fashion_mnist' (the IDX files of Debian's `dataset-fashion-mnist`
+    package), a directory of MNIST-format IDX files, or an ImageFolder root. Data sets that ship their own
+    train/test files are pooled and split like the others, so every source follows `data.*_fraction`."""
     seed = params.get_int("seed", min=0)
     source = params.get_str("data.source")
     val_fraction = params.get_float("data.val_fraction", min=0.0, max=1.0, min_inclusive=False)
@@ -22,6 +35,14 @@ def run(params: Params, out_dir: Path) -> None:
         )
     if source == "digits":
         images, targets, classes = load_digits_arrays()
+    elif source == "fashion_mnist" or find_idx_files(Path(source)) is not None:
+        root, names = (FASHION_MNIST_ROOT, FASHION_MNIST_CLASSES) if source == "fashion_mnist" else (Path(source), None)
+        if find_idx_files(root) is None:
+            raise StageError(
+                f"params.yaml: 'data.source' = 'fashion_mnist' reads {root}, which lacks the data set: install it "
+                "with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or set 'data.source' to a directory "
+                "holding the four IDX files")
+        images, targets, classes = load_idx_arrays(root, params.get_int("data.image_size", min=1), names)
     else:
         image_size = params.get_int("data.image_size", min=1)
         images, targets, classes = load_image_folder_arrays(Path(source), image_size, params.get_bool("data.grayscale"))

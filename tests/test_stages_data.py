@@ -49,3 +49,55 @@ def test_prepare_errors_name_the_key(tmp_path):
     with pytest.raises(StageError, match="'data.val_fraction' \\+ 'data.test_fraction' = 1"):
         prepare.run(_params("digits", val_fraction=0.5, test_fraction=0.5), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    import gzip
+    import struct
+
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_prepare_idx_directory_pools_splits_and_shrinks_by_area(tmp_path):
+    rng = np.random.default_rng(0)
+    images = {"train": rng.integers(0, 256, (40, 4, 4)), "t10k": rng.integers(0, 256, (10, 4, 4))}
+    labels = {"train": np.arange(40) % 5, "t10k": np.arange(10) % 5}
+    (tmp_path / "idx").mkdir()
+    for part in ("train", "t10k"):
+        _write_idx(tmp_path / "idx" / f"{part}-images-idx3-ubyte.gz", images[part])
+        _write_idx(tmp_path / "idx" / f"{part}-labels-idx1-ubyte.gz", labels[part])
+    prepare.run(_params(str(tmp_path / "idx"), image_size=2), tmp_path / "out")
+    meta = read_meta(tmp_path / "out")
+    assert meta["classes"] == ["0", "1", "2", "3", "4"] and meta["input_shape"] == [1, 2, 2]
+    assert meta["counts"] == {"train": 30, "val": 10, "test": 10}
+    # Each pixel is the mean of its 2x2 block of the stored image, scaled to [0, 1]: find every output row's source.
+    everything = np.concatenate([images["train"], images["t10k"]]).astype(np.float32) / 255.0
+    pooled = everything.reshape(50, 2, 2, 2, 2).mean(axis=(2, 4))
+    seen = []
+    for split in ("train", "val", "test"):
+        x, y = load_split(tmp_path / "out", split).tensors
+        for image, label in zip(x.numpy(), y.numpy()):
+            match = np.flatnonzero(np.abs(pooled - image[0]).reshape(50, -1).max(1) < 1e-6)
+            assert len(match) == 1 and np.concatenate([labels["train"], labels["t10k"]])[match[0]] == label
+            seen.append(match[0])
+    assert sorted(seen) == list(range(50))
+
+
+def test_idx_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
+    from stages import data
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for part in data.IDX_PARTS:
+        (bad / part).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05ab")  # says 5 values, holds 2
+    with pytest.raises(StageError, match="holds 2 values, its header says \\(5,\\)"):
+        prepare.run(_params(str(bad)), tmp_path / "out")
+    (bad / data.IDX_PARTS[0]).write_bytes(b"PK\x03\x04")
+    with pytest.raises(StageError, match="is not an IDX file of unsigned bytes \\(magic 504b0304"):
+        prepare.run(_params(str(bad)), tmp_path / "out")
+    monkeypatch.setattr(prepare, "FASHION_MNIST_ROOT", tmp_path / "absent")
+    with pytest.raises(StageError, match="apt-get install dataset-fashion-mnist"):
+        prepare.run(_params("fashion_mnist"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
