@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py [--targets 0.3 0.5 0.7] [--models default wide] [--quick]
                                  [--json benchmarks/results/quality.json]
+    python benchmarks/quality.py --data fashion_mnist [--image-size 14] [--baseline-epochs 10] ...
 
 Models (data: the pipeline's prepared digits split under data/prepared, settings from params.yaml):
 - ``default``: the pipeline's trained baseline (``artifacts/baseline.pt``, DigitsResNet width 32); trained
@@ -29,6 +30,10 @@ default: one epoch with its own schedule, from the same re-estimated model and s
 the starting point survives a brief fine-tuning. Latency (CPU, one thread): median over interleaved rounds of all models (each round: median
 of ``latency.repeats`` forward passes after ``latency.warmup``), at batch 1 (``latency.batch_size``) and 64;
 the unpruned model traced into a GraphModule (the form of our pruned models) is measured with them.
+
+``--data`` takes any ``prepare`` source (``fashion_mnist``: Debian's ``dataset-fashion-mnist``); its split and
+both models are then made here (the ``prepare`` stage's split; the models trained with the pipeline's loop)
+and cached under ``benchmarks/.cache/``; everything above is the same.
 """
 from __future__ import annotations
 
@@ -81,17 +86,49 @@ def load_params(overrides: dict | None = None) -> Params:
     return Params(data)
 
 
-def baseline(name: str, params: Params, data_dir: Path, device: torch.device) -> nn.Module:
-    """The trained model: the pipeline's baseline, or the wide variant trained with the pipeline's loop."""
+def model_label(data: str, name: str) -> str:
+    """How rows name a model: ``name`` on digits, ``"<data> <name>"`` on other data."""
+    return name if data == "digits" else f"{data} {name}"
+
+
+def prepared_data(data: str, image_size: int, params: Params) -> Path:
+    """The prepared split of ``data``: the pipeline's (``data/prepared``) for digits; for another source the
+    ``prepare`` stage's own split (``seed``, ``data.*_fraction``, ``image_size``) cached under benchmarks/.cache."""
+    if data == "digits":
+        data_dir = ROOT / "data" / "prepared"
+        if not (data_dir / "meta.json").exists():
+            raise SystemExit("data/prepared is missing: run `make run` (or `.venv/bin/dvc repro prepare`) first")
+        return data_dir
+    data_dir = CACHE / f"{data}-{image_size}"
+    if not (data_dir / "meta.json").exists():
+        from stages import prepare
+        from stages.errors import StageError
+
+        overrides = {"data.source": data, "data.image_size": image_size}
+        try:
+            prepare.run(load_params(overrides), data_dir)
+        except StageError as error:
+            raise SystemExit(f"quality --data {data}: {error}") from None
+    return data_dir
+
+
+def baseline(name: str, params: Params, data_dir: Path, device: torch.device, epochs: int | None = None
+             ) -> nn.Module:
+    """The trained model: the pipeline's baseline (digits), or the factory trained with the pipeline's loop and
+    settings (``train.*``; ``epochs`` overrides ``train.epochs``) on ``data_dir``, cached next to the data."""
     meta = read_meta(data_dir)
     spec = model_spec(params, meta)
+    digits = data_dir == ROOT / "data" / "prepared"
     if name == "default":
-        model, path = build_from_spec(spec), ROOT / "artifacts" / "baseline.pt"
+        model = build_from_spec(spec)
     elif name == "wide":
         model = build_model("digits_resnet", {"width": 64}, spec["in_channels"], spec["num_classes"])
-        path = CACHE / "wide_baseline.pt"
     else:
         raise ValueError(f"unknown model {name!r} (default, wide)")
+    if digits:
+        path = ROOT / "artifacts" / "baseline.pt" if name == "default" else CACHE / "wide_baseline.pt"
+    else:
+        path = data_dir / f"{name}_baseline_{epochs or params.get_int('train.epochs')}ep.pt"
     if path.exists():
         load_checkpoint(model, str(path))
         return model.eval()
@@ -99,10 +136,11 @@ def baseline(name: str, params: Params, data_dir: Path, device: torch.device) ->
     loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True,
                          seed=params.get_int("seed"))
     started = time.perf_counter()
-    train_epochs(model, loader, params, params.get_int("train.epochs"), device, desc=f"train {name}")
+    train_epochs(model, loader, params, epochs or params.get_int("train.epochs"), device, desc=f"train {name}")
     print(f"trained {name} in {time.perf_counter() - started:.0f}s", flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    torch.save(model.state_dict(), path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
     return model.eval()
 
 
@@ -162,9 +200,12 @@ def finetune(model: nn.Module, params: Params, data_dir: Path, device, test_load
     return result
 
 
-def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, device, log=print) -> list[dict]:
-    """Every method at every target for one model; returns rows with the pruned (unfinetuned) models."""
-    model = baseline(name, params, data_dir, device)
+def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, device, log=print,
+              baseline_epochs: int | None = None, label: str | None = None) -> list[dict]:
+    """Every method at every target for one model; returns rows with the pruned (unfinetuned) models.
+    ``label`` names the model in the rows (default: ``name``)."""
+    model = baseline(name, params, data_dir, device, baseline_epochs)
+    name = label or name
     seed = params.get_int("seed")
     example = load_split(data_dir, "val").tensors[0][:1]
     loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True, seed=seed)
@@ -231,9 +272,12 @@ def measure_latency(rows: list[dict], example: torch.Tensor, params: Params, rou
 
 def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=print, save=None,
         done: list[dict] | None = None, finetune_epochs: int | None = None, seeds: int = 1,
-        short_epochs: int = 1) -> list[dict]:
-    """All models; ``save(rows)`` after each model; models already in ``done`` (rows of an earlier run)
-    are kept as they are and not run again."""
+        short_epochs: int = 1, data: str = "digits", image_size: int = 14,
+        baseline_epochs: int | None = None) -> list[dict]:
+    """All models on ``data`` (``digits``: the pipeline's split and baseline; another ``prepare`` source: its
+    split at ``image_size``, models trained for ``baseline_epochs``); ``save(rows)`` after each model; models
+    already in ``done`` (rows of an earlier run) are kept as they are and not run again. Rows name a model
+    by ``model_label``."""
     warnings.filterwarnings("ignore")
     overrides = {}
     if quick:
@@ -242,20 +286,20 @@ def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=p
         overrides["finetune.epochs"] = finetune_epochs
     params = load_params(overrides)
     _, device = setup(params)
-    data_dir = ROOT / "data" / "prepared"
-    if not (data_dir / "meta.json").exists():
-        raise SystemExit("data/prepared is missing: run `make run` (or `.venv/bin/dvc repro prepare`) first")
+    data_dir = prepared_data(data, image_size, params)
     test_loader = make_loader(load_split(data_dir, "test"), 256, shuffle=False, seed=0)
     example = load_split(data_dir, "val").tensors[0][:1]
     rows = []
     for name in models:
-        earlier = [r for r in done or [] if r["model"] == name]
+        label = model_label(data, name)
+        earlier = [r for r in done or [] if r["model"] == label]
         if earlier:
-            log(f"{name}: kept from the earlier run")
+            log(f"{label}: kept from the earlier run")
             rows += earlier
             continue
-        log(f"{name}: selecting")
-        model_rows = prune_all(name, targets, params, data_dir, device, log=log)
+        log(f"{label}: selecting")
+        model_rows = prune_all(name, targets, params, data_dir, device, log=log, baseline_epochs=baseline_epochs,
+                               label=label)
         # The unpruned model as our pruned models are built (a torch.fx GraphModule): measured with the rest,
         # it separates the cost of the GraphModule's forward from the effect of pruning.
         base = model_rows[0]
@@ -306,17 +350,18 @@ def markdown(rows: list[dict]) -> str:
     """One table per model; a method's cell is bold when it is the best at that target (ties included)."""
     best_pruned, best_ft, best_short = _best(rows, "acc_pruned"), _best(rows, "acc_finetuned"), _best(rows, "acc_short")
     short = sorted({r["short_epochs"] for r in rows if r.get("short_epochs")})
+    short_head = f" acc. after {'/'.join(map(str, short))}-epoch fine-tune (range) |" if short else ""
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         out += [f"#### {model}", "",
                 "| target | method | MACs (ratio) | params | latency b1 ms (ratio) | latency b64 ms (ratio) "
-                "| acc. pruned | acc. after BN re-est. | acc. fine-tuned (seeds' range) "
-                f"| acc. after {'/'.join(map(str, short)) or '-'}-epoch fine-tune (range) | verdict |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| acc. pruned | acc. after BN re-est. | acc. fine-tuned (seeds' range) |" + short_head + " verdict |",
+                "|---|---|---|---|---|---|---|---|---|" + ("---|" if short else "") + "---|"]
         for r in (r for r in rows if r["model"] == model):
             label = "100%" if r["method"] == "baseline" else f"{r['target']:.0%}"
             if "error" in r:
-                out.append(f"| {label} | {r['method']} | **error**: {r['error'][:150]} | | | | | | | | |")
+                out.append(f"| {label} | {r['method']} | **error**: {r['error'][:150]} | | | | | | |"
+                           + (" |" if short else "") + " |")
                 continue
             k = (r["model"], r["target"])
             bold = lambda v, best: f"**{v:.3f}**" if best is not None and v >= best - 1e-12 else f"{v:.3f}"  # noqa: E731
@@ -342,9 +387,10 @@ def markdown(rows: list[dict]) -> str:
                 f"{r['latency_b1_ms']:.3f} ({r['latency_ratio_b1']:.2f}) | {r['latency_b64_ms']:.2f} ({r['latency_ratio_b64']:.2f}) | "
                 f"{bold(r['acc_pruned'], best_pruned.get(k) if r['method'] != 'baseline' else None)} | "
                 f"{r['acc_bn']:.3f} | "
-                f"{bold(r['acc_finetuned'], best_ft.get(k) if r['method'] != 'baseline' else None)}{_spread(r)} | "
-                + (f"{bold(r['acc_short'], best_short.get(k) if r['method'] != 'baseline' else None)}"
-                   f"{_spread(r, 'acc_short')}" if "acc_short" in r else "") + f" | {verdict} |"
+                f"{bold(r['acc_finetuned'], best_ft.get(k) if r['method'] != 'baseline' else None)}{_spread(r)} |"
+                + ((f" {bold(r['acc_short'], best_short.get(k) if r['method'] != 'baseline' else None)}"
+                    f"{_spread(r, 'acc_short')}" if "acc_short" in r else "") + " |" if short else "")
+                + f" {verdict} |"
             )
         out.append("")
     return "\n".join(out)
@@ -361,10 +407,13 @@ def _parallel(models: list[str], args: argparse.Namespace) -> list[dict]:
             done.setdefault(r["model"], []).append(r)
     procs = {}
     for m in models:
-        if m in done:
+        if model_label(args.data, m) in done:
+            done[m] = done.pop(model_label(args.data, m))
             continue
         cmd = [sys.executable, __file__, "--models", m, "--json", str(parts[m]), "--rounds", str(args.rounds),
-               "--targets", *map(str, args.targets)]
+               "--targets", *map(str, args.targets), "--data", args.data, "--image-size", str(args.image_size)]
+        if args.baseline_epochs is not None:
+            cmd += ["--baseline-epochs", str(args.baseline_epochs)]
         if args.quick:
             cmd.append("--quick")
         if args.finetune_epochs is not None:
@@ -395,7 +444,15 @@ def main() -> None:
     parser.add_argument("--short-epochs", type=int, default=1,
                         help="epochs of the second, short fine-tuning budget (0: none)")
     parser.add_argument("--jobs", type=int, default=1, help="models in parallel, one subprocess each (default 1)")
+    parser.add_argument("--data", default="digits",
+                        help="digits (the pipeline's split and baseline) or another `prepare` source such as "
+                             "fashion_mnist (split with params.yaml's seed and fractions; models trained here)")
+    parser.add_argument("--image-size", type=int, default=14, help="image side for --data other than digits")
+    parser.add_argument("--baseline-epochs", type=int,
+                        help="training epochs of the unpruned models on --data other than digits "
+                             "(default: params.yaml train.epochs)")
     args = parser.parse_args()
+    prepared_data(args.data, args.image_size, load_params())  # once, before any subprocess reads it
     models, targets, rounds = (["default"], [0.5], 2) if args.quick else (args.models, args.targets, args.rounds)
     if args.quick:
         args.seeds = 1
@@ -414,7 +471,8 @@ def main() -> None:
 
     done = json.loads(args.json.read_text()) if args.resume and args.json and args.json.exists() else None
     rows = run(models, targets, args.quick, rounds, log=lambda s: print(s, flush=True), save=save, done=done,
-               finetune_epochs=args.finetune_epochs, seeds=args.seeds, short_epochs=args.short_epochs)
+               finetune_epochs=args.finetune_epochs, seeds=args.seeds, short_epochs=args.short_epochs,
+               data=args.data, image_size=args.image_size, baseline_epochs=args.baseline_epochs)
     print(markdown(rows))
 
 
