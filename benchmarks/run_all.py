@@ -143,24 +143,26 @@ def figures(quality_rows: list[dict], speed_rows: list[dict], folder: Path = FIG
         plt.close(fig)
         written.append(path)
 
-        fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+        shapes = dict(zip(models, "oD^vP<>p"))  # squares mark methods in the legend
+        fig, axes = plt.subplots(1, 2, figsize=(12, 6))
         for ax, b in zip(axes, (1, 64)):
             for r in rows:
                 if r["method"] == "baseline":
                     continue
                 ours = r.get("tool") == "ours"
-                ax.scatter(r["macs_ratio"], r[f"latency_ratio_b{b}"], s=50,
-                           marker="o" if r["model"] == models[0] else "D",
+                ax.scatter(r["macs_ratio"], r[f"latency_ratio_b{b}"], s=50, marker=shapes[r["model"]],
                            facecolors=colors[r["method"]] if ours else "none", edgecolors=colors[r["method"]])
             ax.plot([0, 1.05], [0, 1.05], color="grey", ls="--", lw=1, label="latency ratio = MACs ratio")
             ax.set_xlim(0, 1.05)
             ax.set_ylim(0, max(1.3, max(r[f"latency_ratio_b{b}"] for r in rows) * 1.05))
             ax.set_xlabel("MACs ratio (pruned / unpruned)")
             ax.set_ylabel("measured latency ratio")
-            ax.set_title(f"batch {b} (circles: {models[0]}" + (f", diamonds: {models[1]})" if len(models) > 1 else ")"))
+            ax.set_title(f"batch {b}")
             ax.grid(alpha=0.3)
-        fig.legend(handles=handles[: len(methods)], loc="lower center", ncol=4, frameon=False)
-        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        fig.legend(handles=handles[: len(methods)] + [
+            plt.Line2D([], [], ls="", marker=shapes[m], color="k", markerfacecolor="none", label=m) for m in models],
+            loc="lower center", ncol=4, frameon=False)
+        fig.tight_layout(rect=(0, 0.16, 1, 1))
         path = folder / "latency_vs_macs.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -463,8 +465,10 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
              "includes its magnitude importance. Neither includes calibration.",
              "- Quality: the digits test split is small and both models are near 100% after fine-tuning, so the "
              "'after fine-tuning' ranking is mostly one or two images; 'right after pruning' separates the criteria "
-             "far more. Selection, bisection and cost counting (`pruning.latency.macs`) are the same code path for "
-             "every method; only the importance and the grouping differ.", ""]
+             "far more. Fashion-MNIST (section 3b) has 39x more test images and ends near 92%, yet one epoch of "
+             "fine-tuning still brings every method to within about 0.3 points of the others. Selection, bisection "
+             "and cost counting (`pruning.latency.macs`) are the same code path for every method; only the "
+             "importance and the grouping differ.", ""]
     if figs:
         body += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figs] + [""]
     out.write_text("\n".join(head + summary + body))
@@ -478,7 +482,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=PARTS, help="leave PART out")
     parser.add_argument("--out", type=Path, help="default: BENCHMARKS.md (BENCHMARKS.quick.md with --quick)")
     args = parser.parse_args()
-    out = args.out or ROOT / ("BENCHMARKS.quick.md" if args.quick else "BENCHMARKS.md")
+    out = (args.out or ROOT / ("BENCHMARKS.quick.md" if args.quick else "BENCHMARKS.md")).resolve()
     started = time.perf_counter()
     info = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
             "argv": " ".join([PY, "benchmarks/run_all.py", *sys.argv[1:]]),
@@ -504,7 +508,7 @@ def main() -> None:
     figs = figures(results.get("quality", []) + results.get("quality_fashion", []), results.get("speed", {}).get("rows", []),
                    FIGURES / "quick" if args.quick else FIGURES)
     write_markdown(out, info, results, figs, commands, reused, time.perf_counter() - started, args.quick)
-    print(f"wrote {out.relative_to(ROOT)} and {', '.join(figs)}")
+    print(f"wrote {out} and {', '.join(figs)}")
 
 
 if __name__ == "__main__":
