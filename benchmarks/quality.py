@@ -99,7 +99,9 @@ def prepared_data(data: str, image_size: int, params: Params) -> Path:
         if not (data_dir / "meta.json").exists():
             raise SystemExit("data/prepared is missing: run `make run` (or `.venv/bin/dvc repro prepare`) first")
         return data_dir
-    data_dir = CACHE / f"{data}-{image_size}"
+    # Named by every input of the split, so that changing one in params.yaml makes a new one.
+    data_dir = CACHE / (f"{data}-{image_size}px-seed{params.get_int('seed')}-val{params.get_float('data.val_fraction')}"
+                        f"-test{params.get_float('data.test_fraction')}")
     if not (data_dir / "meta.json").exists():
         from stages import prepare
         from stages.errors import StageError

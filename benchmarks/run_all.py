@@ -57,9 +57,9 @@ def unavailable(name: str) -> str | None:
     """Why part ``name`` cannot run on this machine (its data is not installed), or None."""
     if name == "quality_fashion":
         sys.path.insert(0, str(ROOT))
-        from stages.data import FASHION_MNIST_ROOT, find_idx_files
+        from stages.data import FASHION_MNIST_ROOT, is_idx_dir
 
-        if find_idx_files(FASHION_MNIST_ROOT) is None:
+        if not is_idx_dir(FASHION_MNIST_ROOT):
             return (f"Fashion-MNIST is not installed ({FASHION_MNIST_ROOT}): `apt-get install dataset-fashion-mnist` "
                     "(Debian/Ubuntu), then rerun")
     return None

@@ -51,13 +51,17 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(dims)
 
 
-def find_idx_files(root: Path) -> dict[str, Path] | None:
-    """The four IDX files of an MNIST-format directory (plain or .gz), or None if `root` is not one."""
+def idx_files(root: Path) -> dict[str, Path | None]:
+    """Each of the four IDX files of an MNIST-format directory (plain or .gz), None where it is missing."""
     found = {}
     for part in IDX_PARTS:
-        candidates = [root / part, root / f"{part}.gz"]
-        found[part] = next((c for c in candidates if c.is_file()), None)
-    return found if all(found.values()) else None
+        found[part] = next((c for c in (root / part, root / f"{part}.gz") if c.is_file()), None)
+    return found
+
+
+def is_idx_dir(root: Path) -> bool:
+    """Whether `root` holds all four IDX files of an MNIST-format data set."""
+    return all(idx_files(root).values())
 
 
 def load_idx_arrays(root: Path, image_size: int, classes: list[str] | None = None
@@ -65,9 +69,9 @@ def load_idx_arrays(root: Path, image_size: int, classes: list[str] | None = Non
     """An MNIST-format directory's train and test images together (``prepare`` splits them with the seed),
     as float32 in [0, 1], shape (N, 1, image_size, image_size): area-averaged when smaller than stored,
     bilinear when larger. `classes` names the labels (default: the label numbers)."""
-    files = find_idx_files(root)
-    if files is None:
-        missing = [p for p in IDX_PARTS if not (root / p).is_file() and not (root / f"{p}.gz").is_file()]
+    files = idx_files(root)
+    missing = [part for part, path in files.items() if path is None]
+    if missing:
         raise StageError(f"{root} lacks the IDX files {', '.join(missing)} (plain or .gz)")
     images = np.concatenate([read_idx(files["train-images-idx3-ubyte"]), read_idx(files["t10k-images-idx3-ubyte"])])
     targets = np.concatenate([read_idx(files["train-labels-idx1-ubyte"]), read_idx(files["t10k-labels-idx1-ubyte"])])

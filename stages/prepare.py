@@ -7,7 +7,7 @@ from pathlib import Path
 from stages.data import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_ROOT,
-    find_idx_files,
+    is_idx_dir,
     load_digits_arrays,
     load_idx_arrays,
     load_image_folder_arrays,
@@ -35,9 +35,9 @@ def run(params: Params, out_dir: Path) -> None:
         )
     if source == "digits":
         images, targets, classes = load_digits_arrays()
-    elif source == "fashion_mnist" or find_idx_files(Path(source)) is not None:
+    elif source == "fashion_mnist" or is_idx_dir(Path(source)):
         root, names = (FASHION_MNIST_ROOT, FASHION_MNIST_CLASSES) if source == "fashion_mnist" else (Path(source), None)
-        if find_idx_files(root) is None:
+        if not is_idx_dir(root):
             raise StageError(
                 f"params.yaml: 'data.source' = 'fashion_mnist' reads {root}, which lacks the data set: install it "
                 "with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or set 'data.source' to a directory "
