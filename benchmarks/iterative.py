@@ -27,7 +27,6 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
 from pruning import PruningIR, latency  # noqa: E402
-from stages.calibrate import _batches  # noqa: E402
 from stages.data import load_split, make_loader  # noqa: E402
 from stages.params import Params  # noqa: E402
 from stages.select import _select  # noqa: E402
@@ -39,8 +38,7 @@ def reestimate(model: nn.Module, params: Params, data_dir: Path, device: torch.d
     model = copy.deepcopy(model)
     seed = params.get_int("seed")
     seed_everything(seed)
-    loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True, seed=seed)
-    recalibrate_batchnorm(model, loader, device, params.get_int("finetune.bn_batches"))
+    recalibrate_batchnorm(model, quality.train_loader(params, data_dir, seed), device, params.get_int("finetune.bn_batches"))
     return model.eval()
 
 
@@ -78,10 +76,7 @@ def main() -> None:
     model = quality.baseline(args.model, params, data_dir, device, args.baseline_epochs)
     test = make_loader(load_split(data_dir, "test"), 256, shuffle=False, seed=0)
     example = load_split(data_dir, "val").tensors[0][:1]
-    seed = params.get_int("seed")
-    seed_everything(seed)
-    loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True, seed=seed)
-    batches = list(_batches(loader, params.get_int("calibrate.batches")))
+    batches = quality.calibration_batches(params, data_dir)
     cost = latency.macs(example)
     print(f"{quality.model_label(args.data, args.model)}: unpruned accuracy {accuracy(copy.deepcopy(model), test, device):.3f}")
     print("| target | method | steps | MACs ratio | acc. pruned | acc. after BN re-est. | acc. fine-tuned (range) |")

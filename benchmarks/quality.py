@@ -91,6 +91,19 @@ def model_label(data: str, name: str) -> str:
     return name if data == "digits" else f"{data} {name}"
 
 
+def train_loader(params: Params, data_dir: Path, seed: int):
+    """The training split in ``data.batch_size`` batches, shuffled by ``seed`` (as the pipeline's stages load it)."""
+    return make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True, seed=seed)
+
+
+def calibration_batches(params: Params, data_dir: Path) -> list:
+    """The ``calibrate.batches`` training batches (seed ``seed``) that every method is calibrated on."""
+    seed = params.get_int("seed")
+    loader = train_loader(params, data_dir, seed)
+    seed_everything(seed)
+    return list(_batches(loader, params.get_int("calibrate.batches")))
+
+
 def prepared_data(data: str, image_size: int, params: Params) -> Path:
     """The prepared split of ``data``: the pipeline's (``data/prepared``) for digits; for another source the
     ``prepare`` stage's own split (``seed``, ``data.*_fraction``, ``image_size``) cached under benchmarks/.cache."""
@@ -135,8 +148,7 @@ def baseline(name: str, params: Params, data_dir: Path, device: torch.device, ep
         load_checkpoint(model, str(path))
         return model.eval()
     seed_everything(params.get_int("seed"))
-    loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True,
-                         seed=params.get_int("seed"))
+    loader = train_loader(params, data_dir, params.get_int("seed"))
     started = time.perf_counter()
     train_epochs(model, loader, params, epochs or params.get_int("train.epochs"), device, desc=f"train {name}")
     print(f"trained {name} in {time.perf_counter() - started:.0f}s", flush=True)
@@ -178,18 +190,15 @@ def finetune(model: nn.Module, params: Params, data_dir: Path, device, test_load
         seed = params.get_int("seed") + offset
         tuned = copy.deepcopy(model)
         seed_everything(seed)
-        train_loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True,
-                                   seed=seed)
-        recalibrate_batchnorm(tuned, train_loader, device, params.get_int("finetune.bn_batches"))
+        loader = train_loader(params, data_dir, seed)
+        recalibrate_batchnorm(tuned, loader, device, params.get_int("finetune.bn_batches"))
         result["acc_bn_seeds"].append(accuracy(tuned, test_loader, device))
         start = copy.deepcopy(tuned)
-        train_epochs(tuned, train_loader, params, epochs, device, desc=f"finetune seed {seed}")
+        train_epochs(tuned, loader, params, epochs, device, desc=f"finetune seed {seed}")
         result["acc_finetuned_seeds"].append(accuracy(tuned, test_loader, device))
         if short_epochs:
             seed_everything(seed)
-            short_loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True,
-                                       seed=seed)
-            train_epochs(start, short_loader, params, short_epochs, device, desc=f"short finetune seed {seed}")
+            train_epochs(start, train_loader(params, data_dir, seed), params, short_epochs, device, desc=f"short finetune seed {seed}")
             result["acc_short_seeds"].append(accuracy(start, test_loader, device))
     result["finetune_s"] = time.perf_counter() - started
     result["finetune_epochs"] = epochs
@@ -208,11 +217,8 @@ def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, d
     ``label`` names the model in the rows (default: ``name``)."""
     model = baseline(name, params, data_dir, device, baseline_epochs)
     name = label or name
-    seed = params.get_int("seed")
     example = load_split(data_dir, "val").tensors[0][:1]
-    loader = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size"), shuffle=True, seed=seed)
-    seed_everything(seed)
-    batches = list(_batches(loader, params.get_int("calibrate.batches")))
+    batches = calibration_batches(params, data_dir)
     cost = latency.macs(example)
     base_macs = cost(model)
     ir = PruningIR(copy.deepcopy(model), example_input=example)

@@ -496,9 +496,9 @@ def main() -> None:
             if not path.exists():
                 raise SystemExit(f"--reuse {name}: {path} does not exist")
             reused[name] = f"{path.relative_to(ROOT)} ({dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc):%Y-%m-%d %H:%M UTC})"
-        elif unavailable(name):
-            info.setdefault("not_run", {})[name] = unavailable(name)
-            print(f"== {name}: not run: {unavailable(name)}", flush=True)
+        elif reason := unavailable(name):
+            info.setdefault("not_run", {})[name] = reason
+            print(f"== {name}: not run: {reason}", flush=True)
             continue
         else:
             print(f"== {name}: {PY} {' '.join(cmd)}", flush=True)
