@@ -44,6 +44,8 @@ def read_idx(path: Path) -> np.ndarray:
         raise StageError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'}, "
                          "expected 00000801 or 00000803)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise StageError(f"{path} ends inside its header ({len(data)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if array.size != math.prod(dims):

@@ -35,14 +35,16 @@ def run(params: Params, out_dir: Path) -> None:
         )
     if source == "digits":
         images, targets, classes = load_digits_arrays()
-    elif source == "fashion_mnist" or is_idx_dir(Path(source)):
-        root, names = (FASHION_MNIST_ROOT, FASHION_MNIST_CLASSES) if source == "fashion_mnist" else (Path(source), None)
-        if not is_idx_dir(root):
+    elif source == "fashion_mnist":
+        if not is_idx_dir(FASHION_MNIST_ROOT):
             raise StageError(
-                f"params.yaml: 'data.source' = 'fashion_mnist' reads {root}, which lacks the data set: install it "
-                "with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or set 'data.source' to a directory "
-                "holding the four IDX files")
-        images, targets, classes = load_idx_arrays(root, params.get_int("data.image_size", min=1), names)
+                f"params.yaml: 'data.source' = 'fashion_mnist' reads {FASHION_MNIST_ROOT}, which lacks the data set: "
+                "install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or set 'data.source' to a "
+                "directory holding the four IDX files")
+        images, targets, classes = load_idx_arrays(FASHION_MNIST_ROOT, params.get_int("data.image_size", min=1),
+                                                   FASHION_MNIST_CLASSES)
+    elif is_idx_dir(Path(source)):
+        images, targets, classes = load_idx_arrays(Path(source), params.get_int("data.image_size", min=1))
     else:
         image_size = params.get_int("data.image_size", min=1)
         images, targets, classes = load_image_folder_arrays(Path(source), image_size, params.get_bool("data.grayscale"))

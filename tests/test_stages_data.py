@@ -94,6 +94,9 @@ def test_idx_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
         (bad / part).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x05ab")  # says 5 values, holds 2
     with pytest.raises(StageError, match="holds 2 values, its header says \\(5,\\)"):
         prepare.run(_params(str(bad)), tmp_path / "out")
+    (bad / data.IDX_PARTS[0]).write_bytes(b"\x00\x00\x08\x03\x00\x00")  # 3 dimensions, header cut short
+    with pytest.raises(StageError, match="ends inside its header \\(6 bytes for 3 dimensions\\)"):
+        prepare.run(_params(str(bad)), tmp_path / "out")
     (bad / data.IDX_PARTS[0]).write_bytes(b"PK\x03\x04")
     with pytest.raises(StageError, match="is not an IDX file of unsigned bytes \\(magic 504b0304"):
         prepare.run(_params(str(bad)), tmp_path / "out")
