@@ -6,8 +6,8 @@ select labels with a label selector, and ``ir.prune(labels=...)``.
 from . import latency
 from .criterion import LossAwareCriterion
 from .ir import Label, PruningIR, Snapshot
-from .selectors import (ChannelsConstraint, GlobalScoreLabelSelector, KnapsackLabelSelector,
-                        UniformLabelSelector)
+from .selectors import (ChannelsConstraint, GlobalScoreLabelSelector, IterativeLabelSelector,
+                        KnapsackLabelSelector, UniformLabelSelector)
 from .tracing import TracingError
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "UniformLabelSelector",
     "GlobalScoreLabelSelector",
     "KnapsackLabelSelector",
+    "IterativeLabelSelector",
     "ChannelsConstraint",
     "TracingError",
     "latency",

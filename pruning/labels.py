@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
@@ -71,3 +71,46 @@ def check_selection(snapshot: "Snapshot", labels: Iterable[object]) -> np.ndarra
             raise ValueError(f"the selection removes all {len(group)} labels of group {number} "
                              f"(labels {group[:5].tolist()}...); keep at least one label of every group")
     return indices
+
+
+def trace_back(before: "Snapshot", removed: np.ndarray, after: "Snapshot") -> np.ndarray:
+    """For each label of ``after``, the label of ``before`` whose channels it holds (-1: none).
+
+    ``after`` is the snapshot of ``before``'s model pruned by the label indices ``removed``. Surgery keeps
+    node names and the order of the surviving channels, so each node output dim and parameter dim of
+    ``after`` lists the kept channels of the same dim of ``before`` in order; pairing them maps labels.
+    This lets a selection made on a pruned model be stated in the labels of the model it came from.
+    """
+    old, new = before.analysis, after.analysis
+    keep = np.ones(old.num_labels, dtype=bool)
+    keep[removed] = False
+    origin = np.full(new.num_labels, -1, dtype=np.int64)
+
+    def pair(old_labels: np.ndarray, new_labels: np.ndarray, where: str) -> None:
+        kept = old_labels[keep[old_labels]]
+        if len(kept) != len(new_labels):
+            raise ValueError(f"{where}: {len(new_labels)} channels after pruning, {len(kept)} kept before; "
+                             "'after' is not this pruning of 'before'")
+        known = origin[new_labels]
+        if ((known >= 0) & (known != kept)).any():
+            raise ValueError(f"{where}: a label of the pruned model holds channels of two labels of the original")
+        origin[new_labels] = kept
+
+    def walk(old_ids: Any, new_ids: Any, where: str) -> None:
+        if isinstance(old_ids, np.ndarray) and isinstance(new_ids, np.ndarray):
+            pair(old.label_of_id[old_ids], new.label_of_id[new_ids], where)
+        elif isinstance(old_ids, (tuple, list)) and isinstance(new_ids, (tuple, list)):
+            for o, n in zip(old_ids, new_ids):
+                walk(o, n, where)
+
+    for name, ids in old.node_ids.items():
+        if name in new.node_ids:
+            walk(ids, new.node_ids[name], f"node {name!r}")
+    new_sites = {(site.name, site.dim): site for site in new.sites}
+    for site in old.sites:
+        if (site.name, site.dim) in new_sites:
+            pair(site.label_index, new_sites[site.name, site.dim].label_index, f"{site.name} dim {site.dim}")
+    missing = np.flatnonzero(new.prunable & (origin < 0))
+    if len(missing):
+        raise ValueError(f"labels {missing[:5].tolist()} of the pruned model trace back to no label of the original")
+    return origin
