@@ -6,7 +6,7 @@ the sums, so the scores equal the one-process scores (up to float rounding); ran
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -34,6 +34,31 @@ def _batches(loader: DataLoader, count: int) -> Iterator[tuple[torch.Tensor, tor
             yield batch
 
 
+def calibration_batches(params: Params, data_dir: Path, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The `calibrate.batches` batches of `calibrate.split` (shuffled by `seed`) that the scores are taken over."""
+    split = params.get_str("calibrate.split", choices=("train", "val"))
+    loader = make_loader(load_split(data_dir, split), params.get_int("data.batch_size", min=1), shuffle=True, seed=seed)
+    return _batches(loader, params.get_int("calibrate.batches", min=1))
+
+
+def score(ir: PruningIR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, mode: str,
+          total: int | None = None) -> None:
+    """Fill ``ir``'s scores with `LossAwareCriterion` (cross-entropy) over `batches`, the model in `mode`
+    (train|eval); BatchNorm statistics and every other buffer are restored, the model ends on CPU in eval mode."""
+    model = ir.snapshot("main").model.to(device)
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    model.train(mode == "train")
+    loss_fn = nn.CrossEntropyLoss()
+    with LossAwareCriterion(ir) as collector:
+        for x, y in tqdm(batches, total=total, desc="calibrate", unit="batch", leave=False, disable=not is_main()):
+            loss_fn(collector(x.to(device)), y.to(device)).backward()
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            buffer.copy_(buffers[name])
+    model.zero_grad(set_to_none=True)
+    model.cpu().eval()
+
+
 def run(params: Params, data_dir: Path, ir_path: Path, out_path: Path) -> None:
     """Score every label; `calibrate.mode` train|eval sets the model mode, BatchNorm statistics are kept."""
     seed, device = setup(params)
@@ -45,22 +70,9 @@ def _calibrate(params: Params, seed: int, device: torch.device, data_dir: Path, 
     count = params.get_int("calibrate.batches", min=1)
     split = params.get_str("calibrate.split", choices=("train", "val"))
     mode = params.get_str("calibrate.mode", choices=("train", "eval"))
-    batch_size = params.get_int("data.batch_size", min=1)
     ir = load_pickled(ir_path, PruningIR)
-    model = ir.snapshot("main").model.to(device)
-    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
-    model.train(mode == "train")
-    loader = make_loader(load_split(data_dir, split), batch_size, shuffle=True, seed=seed)
-    mine = shard(_batches(loader, count))
-    loss_fn = nn.CrossEntropyLoss()
-    with LossAwareCriterion(ir) as collector:
-        for x, y in tqdm(mine, total=len(range(rank(), count, world_size())), desc="calibrate", unit="batch", disable=not is_main()):
-            loss_fn(collector(x.to(device)), y.to(device)).backward()
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            buffer.copy_(buffers[name])
-    model.zero_grad(set_to_none=True)
-    model.cpu().eval()
+    score(ir, shard(calibration_batches(params, data_dir, seed)), device, mode,
+          total=len(range(rank(), count, world_size())))
     if is_main():
         print(f"calibrate: {count} {split} batches in {mode} mode")
         save_pickled(ir, out_path)

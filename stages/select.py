@@ -3,6 +3,11 @@
 Uniform and global selection take `select.ratio` (or `select.n`, global only); with `select.ratio: null`
 the ratio is found by bisection so that the pruned model meets `select.target`, which makes the three
 methods comparable at equal cost. Knapsack always works to `select.target`.
+
+With `select.steps` > 1 the target is reached in that many steps (`pruning.IterativeLabelSelector`): each
+step selects with the same method on the model the steps before it pruned, after re-estimating its BatchNorm
+statistics (`select.bn_batches` training batches) and re-scoring it as the `calibrate` stage does (the same
+`calibrate.*` batches). The labels written are labels of the calibrated IR, so `prune` is unchanged.
 """
 
 from __future__ import annotations
@@ -12,15 +17,19 @@ from pathlib import Path
 
 from torch import nn
 
+import torch
+
 from pruning import PruningIR
-from pruning.selectors import ChannelsConstraint, GlobalScoreLabelSelector, KnapsackLabelSelector, UniformLabelSelector
+from pruning.selectors import (ChannelsConstraint, GlobalScoreLabelSelector, IterativeLabelSelector,
+                               KnapsackLabelSelector, LabelSelector, UniformLabelSelector)
 from stages.artifacts import load_pickled, write_json, write_text
+from stages.calibrate import calibration_batches, score
 from stages.costs import COST_FUNCTIONS, cost_function
-from stages.data import load_split
+from stages.data import load_split, make_loader
 from stages.errors import StageError
 from stages.params import Params
 from stages.report import format_summary, layer_channels
-from stages.training import setup
+from stages.training import recalibrate_batchnorm, seed_everything, setup
 
 METHODS = ("uniform", "global", "knapsack")
 _BISECTION_STEPS = 30
@@ -102,10 +111,49 @@ def _select(ir: PruningIR, params: Params, method: str, cost: Callable[[nn.Modul
         raise StageError(f"select ({method}): {exc} (check the 'select.*' keys in params.yaml)") from exc
 
 
+class _Step(LabelSelector):
+    """One step of `select.steps`: the stage's own selection (`select.method`) to a cost budget."""
+
+    def __init__(self, params: Params, method: str, cost: Callable[[nn.Module], float], budget: float) -> None:
+        self.params, self.method, self.cost, self.budget = params, method, cost, budget
+
+    def select(self, ir: PruningIR, snapshot_name: str = "main") -> list:
+        return _select(ir, self.params, self.method, self.cost, self.budget)
+
+
+def _select_in_steps(ir: PruningIR, params: Params, method: str, cost: Callable[[nn.Module], float], target: float,
+                     steps: int, data_dir: Path, seed: int, device: torch.device) -> list:
+    """`steps` selections to `target`, BatchNorm re-estimated and the model re-scored between them."""
+    for key in {"uniform": ("select.ratio",), "global": ("select.n", "select.ratio")}.get(method, ()):
+        if params.get(key) is not None:
+            raise StageError(f"params.yaml: 'select.steps' = {steps} works to 'select.target', but '{key}' is set: "
+                             f"set '{key}: null' (or 'select.steps: 1')")
+    mode = params.get_str("calibrate.mode", choices=("train", "eval"))
+    bn_batches = params.get_int("select.bn_batches", min=0)
+    batches = list(calibration_batches(params, data_dir, seed))
+
+    def reestimate(model: nn.Module) -> None:
+        if bn_batches:
+            seed_everything(seed)
+            train = make_loader(load_split(data_dir, "train"), params.get_int("data.batch_size", min=1), shuffle=True,
+                                seed=seed)
+            recalibrate_batchnorm(model, train, device, bn_batches)
+            model.cpu().eval()
+
+    selector = IterativeLabelSelector(lambda budget: _Step(params, method, cost, budget), target, cost,
+                                      lambda step_ir: score(step_ir, batches, device, mode), steps=steps,
+                                      between_steps=reestimate)
+    try:
+        return selector.select(ir)
+    except ValueError as exc:
+        raise StageError(f"select ({method}, {steps} steps): {exc}") from exc
+
+
 def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, summary_path: Path) -> None:
     """Select labels on the calibrated IR; write their indices and a per-layer channels summary."""
-    _, device = setup(params)
+    seed, device = setup(params)
     method = params.get_str("select.method", choices=METHODS)
+    steps = params.get_int("select.steps", min=1)
     cost_name = params.get_str("select.latency", choices=tuple(COST_FUNCTIONS))
     target_value = params.get_float("select.target", min=0.0, min_inclusive=False)
     target_mode = params.get_str("select.target_mode", choices=("relative", "absolute"))
@@ -117,7 +165,10 @@ def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, summar
     cost = cost_function(cost_name, params, example, device)
     baseline_cost = cost(ir.model)
     target = target_value * baseline_cost if target_mode == "relative" else target_value
-    labels = _select(ir, params, method, cost, target)
+    if steps == 1:
+        labels = _select(ir, params, method, cost, target)
+    else:
+        labels = _select_in_steps(ir, params, method, cost, target, steps, data_dir, seed, device)
     pruned = ir.prune(labels=labels).model
     pruned_cost = cost(pruned)
     snapshot = ir.snapshot("main")
@@ -127,7 +178,7 @@ def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, summar
         labels_path,
     )
     header = [
-        f"# Selection: {method}",
+        f"# Selection: {method}" + (f", {steps} steps (re-scored between steps)" if steps > 1 else ""),
         "",
         f"- labels pruned: {len(labels)} of {len(snapshot.labels)} prunable",
         (

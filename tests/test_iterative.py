@@ -187,3 +187,27 @@ def test_errors_name_the_bad_value():
         IterativeLabelSelector(knapsack(cost), 1.0, cost, print, steps=0)
     with pytest.raises(ValueError, match="is not below the model's cost"):
         IterativeLabelSelector(knapsack(cost), 2 * cost(ir.model), cost, print, verbose=False).select(ir)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0"])
+def test_torchvision_models_one_prune_rebuilds_the_steps(name):
+    """Inverted residuals, squeeze-excitation and depthwise convolutions, with global selection in 3 steps."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=10).eval()
+    example = torch.randn(1, 3, 32, 32)
+    calibrate, cost = calibrator((2, 3, 32, 32)), macs(example)
+    ir = PruningIR(model, example_input=example)
+    calibrate(ir)
+
+    def select(budget):
+        return GlobalScoreLabelSelector(0.15)
+
+    stepped = ir
+    for k in range(3):
+        stepped = stepped.prune(labels=select(0).select(stepped))
+        if k < 2:
+            calibrate(stepped)
+    labels = IterativeLabelSelector(select, 1.0, cost, calibrate, steps=3, verbose=False).select(ir)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(ir.prune(labels=labels).model(x), stepped.model(x), rtol=0, atol=0)

@@ -60,6 +60,9 @@ def _select(root: Path, tmp_path: Path, **overrides) -> tuple[dict, str]:
         {"select__method": "global", "select__n": 5},
         {"select__method": "knapsack", "select__channels_constraint": {"multiple_of": 4, "min_channels": 4}},
         {"select__method": "knapsack", "select__latency": "params", "select__target": 0.6},
+        {"select__method": "knapsack", "select__steps": 3},
+        {"select__method": "uniform", "select__steps": 2},
+        {"select__method": "global", "select__steps": 2, "select__bn_batches": 0},
     ],
 )
 def test_selection_methods_meet_their_target(calibrated, tmp_path, overrides):
@@ -82,12 +85,24 @@ def test_selection_methods_meet_their_target(calibrated, tmp_path, overrides):
         ({"select__channels_constraint": {"multiple": 8}}, r"'select.channels_constraint' has unknown keys"),
         ({"select__method": "random"}, r"'select.method' must be one of 'uniform', 'global', 'knapsack'"),
         ({"select__latency": "flops"}, r"'select.latency' must be one of 'macs', 'params', 'latency'"),
+        ({"select__method": "global", "select__n": 5, "select__steps": 2}, r"'select.steps' = 2 works to 'select.target', but 'select.n' is set"),
+        ({"select__steps": 0}, r"'select.steps'"),
     ],
 )
 def test_bad_selection_parameters_are_named(calibrated, tmp_path, overrides, message):
     with pytest.raises(StageError, match=message):
         _select(calibrated, tmp_path, **overrides)
     assert not (tmp_path / "labels.json").exists()
+
+
+def test_steps_are_deterministic_and_rescored(calibrated, tmp_path):
+    """The same params give the same labels; re-scoring between steps changes what the last steps take."""
+    first, summary = _select(calibrated, tmp_path / "a", select__steps=3, select__target=0.3)
+    again, _ = _select(calibrated, tmp_path / "b", select__steps=3, select__target=0.3)
+    once, _ = _select(calibrated, tmp_path / "c", select__target=0.3)
+    assert first == again
+    assert first["labels"] != once["labels"]
+    assert "3 steps (re-scored between steps)" in summary
 
 
 def test_prune_and_finetune_save_a_rebuildable_model(calibrated, tmp_path):
