@@ -55,6 +55,7 @@ def build_pruner(
     ratio: float = 0.5,
     importance_name: str = "magnitude",
     global_pruning: bool = False,
+    iterative_steps: int = 1,
 ):
     """The peer's pruner for ``model`` (building it builds the peer's DependencyGraph)."""
     num_heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
@@ -64,6 +65,7 @@ def build_pruner(
         importance=importance(importance_name),
         pruning_ratio=ratio,
         global_pruning=global_pruning,
+        iterative_steps=iterative_steps,
         ignored_layers=classifier_layers(model, num_classes),
         num_heads=num_heads,
     )
@@ -105,11 +107,15 @@ def prune(
     calibration: list | None = None,
     gradients: dict[str, torch.Tensor] | None = None,
     copy_model: bool = True,
+    iterative_steps: int = 1,
+    between_steps: Callable[[nn.Module], None] | None = None,
 ) -> nn.Module:
     """A pruned copy (or, ``copy_model=False``, ``model`` itself) at ``ratio``.
 
     Taylor importance reads ``gradients`` (from ``taylor_gradients``), computed here from ``calibration``
-    when not given.
+    when not given. ``iterative_steps`` > 1 is the peer's iterative mode (``step()`` that many times, the
+    ratio growing linearly to ``ratio``): before each later step ``between_steps(model)`` runs (e.g.
+    BatchNorm re-estimation) and Taylor gradients are taken again on the pruned model.
     """
     if importance_name == "taylor" and gradients is None:
         if not calibration:
@@ -117,14 +123,20 @@ def prune(
         gradients = taylor_gradients(model, calibration)
     if copy_model:
         model = copy.deepcopy(model)
-    if importance_name == "taylor":
-        for name, p in model.named_parameters():
-            p.grad = gradients[name].clone() if name in gradients else None
     pruner = build_pruner(model, example_input, num_classes=num_classes, ratio=ratio,
-                          importance_name=importance_name, global_pruning=global_pruning)
-    pruned = step(pruner)
-    pruned.zero_grad(set_to_none=True)
-    return pruned
+                          importance_name=importance_name, global_pruning=global_pruning,
+                          iterative_steps=iterative_steps)
+    for number in range(iterative_steps):
+        if number and between_steps is not None:
+            between_steps(model)
+        if importance_name == "taylor":
+            if number:
+                gradients = taylor_gradients(model, calibration)
+            for name, p in model.named_parameters():
+                p.grad = gradients[name].clone() if name in gradients else None
+        model = step(pruner)
+        model.zero_grad(set_to_none=True)
+    return model
 
 
 def prune_to_cost(
@@ -139,19 +151,23 @@ def prune_to_cost(
     calibration: list | None = None,
     grid: float = 0.05,
     steps: int = 8,
+    iterative_steps: int = 1,
+    between_steps: Callable[[nn.Module], None] | None = None,
 ) -> tuple[nn.Module, float]:
     """The least-pruned model whose ``cost`` is <= ``target``: returns (model, ratio).
 
     The peer's cost is not monotone in the ratio near 1 (a ratio that would empty layers prunes nothing,
     or fails), so: the smallest ratio on a grid (``grid`` steps in (0, 1)) that works and meets the target,
     then ``steps`` of bisection between it and the grid point below. Raises RuntimeError if none does.
+    ``iterative_steps`` and ``between_steps``: as in ``prune``, for every ratio tried.
     """
     gradients = taylor_gradients(model, calibration) if importance_name == "taylor" else None
 
     def attempt(r: float):
         try:
             candidate = prune(model, example_input, num_classes=num_classes, ratio=r, importance_name=importance_name,
-                              global_pruning=global_pruning, gradients=gradients)
+                              global_pruning=global_pruning, gradients=gradients, calibration=calibration,
+                              iterative_steps=iterative_steps, between_steps=between_steps)
         except Exception as error:  # noqa: BLE001 - the peer failing at a ratio is an outcome
             return None, f"ratio {r:.3f}: {type(error).__name__}: {error}"
         value = cost(candidate)

@@ -3,6 +3,7 @@
     python benchmarks/quality.py [--targets 0.3 0.5 0.7] [--models default wide] [--quick]
                                  [--json benchmarks/results/quality.json]
     python benchmarks/quality.py --data fashion_mnist [--image-size 14] [--baseline-epochs 10] ...
+    python benchmarks/quality.py ... --only "TP taylor global 3 steps" --json FILE --merge   # add rows to FILE
 
 Models (data: the pipeline's prepared digits split under data/prepared, settings from params.yaml):
 - ``default``: the pipeline's trained baseline (``artifacts/baseline.pt``, DigitsResNet width 32); trained
@@ -15,10 +16,14 @@ every method), methods:
 - ours: ``LossAwareCriterion`` over ``calibrate.batches`` training batches (eval mode, BatchNorm statistics
   restored, as the ``calibrate`` stage does), then the ``select`` stage's own selection
   (``stages.select._select``): uniform and global bisect their ratio to meet the target, knapsack works
-  to it directly;
+  to it directly; knapsack also in 3 steps (the ``select`` stage with ``select.steps: 3``:
+  ``pruning.IterativeLabelSelector``, BatchNorm statistics re-estimated over ``select.bn_batches`` training
+  batches and the model re-scored on the same calibration batches between steps);
 - peer: Torch-Pruning ``MagnitudeImportance`` and ``TaylorImportance`` (loss gradients over the *same*
   calibration batches), per layer (uniform) and global, ratio bisected to meet the same target
-  (``benchmarks/peer.py``).
+  (``benchmarks/peer.py``); and the peer's iterative mode (``iterative_steps=3``) for magnitude uniform and
+  Taylor uniform and global, with the same BatchNorm re-estimation between steps and Taylor gradients taken
+  again on each step's model.
 Every pruned model then gets the same budget as the ``finetune`` stage: BatchNorm re-estimation over
 ``finetune.bn_batches`` batches and ``finetune.epochs`` epochs of the ``train`` optimizer, run ``--seeds``
 times (seeds ``seed``, ``seed + 1``...: data order and optimizer state differ; every method sees the same
@@ -44,6 +49,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -55,24 +61,31 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import peer  # noqa: E402
 from pruning import PruningIR, latency  # noqa: E402
-from pruning.criterion import LossAwareCriterion  # noqa: E402
-from stages.calibrate import _batches  # noqa: E402
+from stages.calibrate import _batches, score  # noqa: E402
 from stages.data import load_split, make_loader, read_meta  # noqa: E402
 from stages.models import build_from_spec, build_model, load_checkpoint, model_spec  # noqa: E402
 from stages.params import Params  # noqa: E402
-from stages.select import _select  # noqa: E402
+from stages.select import _select, _select_in_steps  # noqa: E402
 from stages.training import accuracy, recalibrate_batchnorm, seed_everything, setup, train_epochs  # noqa: E402
 
-OURS = ("uniform", "global", "knapsack")
-PEER = tuple((imp, glob) for imp in peer.IMPORTANCES for glob in (False, True))
+STEPS = 3  # the iterative rows: selection steps (ours: select.steps; peer: iterative_steps)
+OURS = (("uniform", 1), ("global", 1), ("knapsack", 1), ("knapsack", STEPS))
+PEER = (tuple((imp, glob, 1) for imp in peer.IMPORTANCES for glob in (False, True))
+        + (("magnitude", False, STEPS), ("taylor", False, STEPS), ("taylor", True, STEPS)))
 CACHE = ROOT / "benchmarks" / ".cache"
 
 
-def method_name(tool: str, method) -> str:
+def method_name(tool: str, method: tuple) -> str:
+    """``ours knapsack (loss-aware)``, ``ours knapsack 3 steps (loss-aware)``, ``TP taylor global 3 steps``..."""
+    steps = f" {method[-1]} steps" if method[-1] > 1 else ""
     if tool == "ours":
-        return f"ours {method} (loss-aware)"
-    imp, glob = method
-    return f"TP {imp} {'global' if glob else 'uniform'}"
+        return f"ours {method[0]}{steps} (loss-aware)"
+    imp, glob, _ = method
+    return f"TP {imp} {'global' if glob else 'uniform'}{steps}"
+
+
+def all_method_names() -> list[str]:
+    return [method_name("ours", m) for m in OURS] + [method_name("peer", m) for m in PEER]
 
 
 def load_params(overrides: dict | None = None) -> Params:
@@ -158,20 +171,6 @@ def baseline(name: str, params: Params, data_dir: Path, device: torch.device, ep
     return model.eval()
 
 
-def calibrate(ir: PruningIR, batches: list) -> None:
-    """What the calibrate stage does, in memory: LossAwareCriterion in eval mode, buffers restored."""
-    model = ir.snapshot("main").model
-    buffers = {n: b.clone() for n, b in model.named_buffers()}
-    model.eval()
-    with LossAwareCriterion(ir) as collector:
-        for x, y in batches:
-            nn.functional.cross_entropy(collector(x), y).backward()
-    with torch.no_grad():
-        for n, b in model.named_buffers():
-            b.copy_(buffers[n])
-    model.zero_grad(set_to_none=True)
-
-
 def finetune(model: nn.Module, params: Params, data_dir: Path, device, test_loader, seeds: int = 1,
              short_epochs: int = 1) -> dict:
     """The ``finetune`` stage's budget on copies of ``model``, once per seed (``seed``, ``seed + 1``...: the
@@ -211,10 +210,23 @@ def finetune(model: nn.Module, params: Params, data_dir: Path, device, test_load
     return result
 
 
+def reestimate_batchnorm(params: Params, data_dir: Path, device) -> Callable[[nn.Module], None]:
+    """What ``select.steps`` does between steps, for both tools: BatchNorm statistics re-estimated in place over
+    ``select.bn_batches`` training batches (seed ``seed``), the model back on CPU in eval mode."""
+    seed = params.get_int("seed")
+
+    def reestimate(model: nn.Module) -> None:
+        seed_everything(seed)
+        recalibrate_batchnorm(model, train_loader(params, data_dir, seed), device, params.get_int("select.bn_batches"))
+        model.cpu().eval()
+
+    return reestimate
+
+
 def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, device, log=print,
-              baseline_epochs: int | None = None, label: str | None = None) -> list[dict]:
-    """Every method at every target for one model; returns rows with the pruned (unfinetuned) models.
-    ``label`` names the model in the rows (default: ``name``)."""
+              baseline_epochs: int | None = None, label: str | None = None, only: set[str] | None = None) -> list[dict]:
+    """Every method (``only``: those named) at every target for one model; returns rows with the pruned
+    (unfinetuned) models. ``label`` names the model in the rows (default: ``name``)."""
     model = baseline(name, params, data_dir, device, baseline_epochs)
     name = label or name
     example = load_split(data_dir, "val").tensors[0][:1]
@@ -222,30 +234,31 @@ def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, d
     cost = latency.macs(example)
     base_macs = cost(model)
     ir = PruningIR(copy.deepcopy(model), example_input=example)
-    calibrate(ir, batches)
+    score(ir, batches, device, "eval")  # as the calibrate stage does (calibrate.mode: eval)
+    between = reestimate_batchnorm(params, data_dir, device)
     rows = [{"model": name, "method": "baseline", "target": 1.0, "macs": base_macs, "pruned_model": model}]
     for target in targets:
         budget = target * base_macs
-        for method in OURS:
+        for tool, method in [("ours", m) for m in OURS] + [("peer", m) for m in PEER]:
+            row = {"model": name, "method": method_name(tool, method), "tool": tool, "target": target}
+            if only is not None and row["method"] not in only:
+                continue
             started = time.perf_counter()
-            row = {"model": name, "method": method_name("ours", method), "tool": "ours", "target": target}
             try:
-                labels = _select(ir, params, method, cost, budget)
-                row["pruned_model"] = ir.prune(labels=labels).model
+                if tool == "ours":
+                    select, steps = method
+                    labels = (_select(ir, params, select, cost, budget) if steps == 1 else
+                              _select_in_steps(ir, params, select, cost, budget, steps, data_dir,
+                                               params.get_int("seed"), device))
+                    row["pruned_model"] = ir.prune(labels=labels).model
+                else:
+                    imp, glob, steps = method
+                    pruned, row["ratio"] = peer.prune_to_cost(
+                        model, example, cost, budget, num_classes=10, importance_name=imp, global_pruning=glob,
+                        calibration=batches if imp == "taylor" else None, iterative_steps=steps,
+                        between_steps=between)
+                    row["pruned_model"] = pruned.eval()
             except Exception as error:  # noqa: BLE001 - the table reports failures
-                row["error"] = f"{type(error).__name__}: {error}"
-            row["select_s"] = time.perf_counter() - started
-            rows.append(row)
-            log(f"  {name} {target:.0%} {row['method']}: {row.get('error', 'ok')} ({row['select_s']:.1f}s)")
-        for imp, glob in PEER:
-            started = time.perf_counter()
-            row = {"model": name, "method": method_name("peer", (imp, glob)), "tool": "peer", "target": target}
-            try:
-                pruned, ratio = peer.prune_to_cost(
-                    model, example, cost, budget, num_classes=10, importance_name=imp, global_pruning=glob,
-                    calibration=batches if imp == "taylor" else None)
-                row["pruned_model"], row["ratio"] = pruned.eval(), ratio
-            except Exception as error:  # noqa: BLE001
                 row["error"] = f"{type(error).__name__}: {error}"
             row["select_s"] = time.perf_counter() - started
             rows.append(row)
@@ -281,7 +294,7 @@ def measure_latency(rows: list[dict], example: torch.Tensor, params: Params, rou
 def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=print, save=None,
         done: list[dict] | None = None, finetune_epochs: int | None = None, seeds: int = 1,
         short_epochs: int = 1, data: str = "digits", image_size: int = 14,
-        baseline_epochs: int | None = None) -> list[dict]:
+        baseline_epochs: int | None = None, only: set[str] | None = None) -> list[dict]:
     """All models on ``data`` (``digits``: the pipeline's split and baseline; another ``prepare`` source: its
     split at ``image_size``, models trained for ``baseline_epochs``); ``save(rows)`` after each model; models
     already in ``done`` (rows of an earlier run) are kept as they are and not run again. Rows name a model
@@ -307,7 +320,7 @@ def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=p
             continue
         log(f"{label}: selecting")
         model_rows = prune_all(name, targets, params, data_dir, device, log=log, baseline_epochs=baseline_epochs,
-                               label=label)
+                               label=label, only=only)
         # The unpruned model as our pruned models are built (a torch.fx GraphModule): measured with the rest,
         # it separates the cost of the GraphModule's forward from the effect of pruning.
         base = model_rows[0]
@@ -410,7 +423,7 @@ def _parallel(models: list[str], args: argparse.Namespace) -> list[dict]:
 
     parts = {m: (args.json or CACHE / "quality.json").with_suffix(f".{m}.json") for m in models}
     done = {}
-    if args.resume and args.json and args.json.exists():
+    if args.resume and args.json and args.json.exists() and not args.merge:
         for r in json.loads(args.json.read_text()):
             done.setdefault(r["model"], []).append(r)
     procs = {}
@@ -427,6 +440,8 @@ def _parallel(models: list[str], args: argparse.Namespace) -> list[dict]:
         if args.finetune_epochs is not None:
             cmd += ["--finetune-epochs", str(args.finetune_epochs)]
         cmd += ["--seeds", str(args.seeds), "--short-epochs", str(args.short_epochs)]
+        if args.only:
+            cmd += ["--only", *args.only]
         procs[m] = subprocess.Popen(cmd, cwd=ROOT)
     for m, proc in procs.items():
         if proc.wait() != 0:
@@ -434,6 +449,19 @@ def _parallel(models: list[str], args: argparse.Namespace) -> list[dict]:
         done[m] = json.loads(parts[m].read_text())
         parts[m].unlink()
     return [r for m in models for r in done[m]]
+
+
+def merge_rows(earlier: list[dict], new: list[dict]) -> list[dict]:
+    """``earlier`` with each (model, method, target) row that ``new`` has replaced by the new one; new methods go
+    after the earlier rows of their model and target. Baseline rows stay the earlier ones (new rows' latency ratios
+    are to the baseline measured with them, in their own run)."""
+    key = lambda r: (r["model"], r["method"], r["target"])  # noqa: E731
+    fresh = {key(r): r for r in new if r["method"] != "baseline"}
+    out = [fresh.pop(key(r), r) for r in earlier]
+    for r in fresh.values():
+        same = [i for i, o in enumerate(out) if (o["model"], o["target"]) == (r["model"], r["target"])]
+        out.insert(same[-1] + 1 if same else len(out), r)
+    return out
 
 
 def main() -> None:
@@ -459,29 +487,36 @@ def main() -> None:
     parser.add_argument("--baseline-epochs", type=int,
                         help="training epochs of the unpruned models on --data other than digits "
                              "(default: params.yaml train.epochs)")
+    parser.add_argument("--only", nargs="+", choices=all_method_names(), metavar="METHOD",
+                        help="run only these methods (row names, e.g. 'ours knapsack 3 steps (loss-aware)')")
+    parser.add_argument("--merge", action="store_true",
+                        help="merge this run's rows into the rows already in --json instead of replacing them")
     args = parser.parse_args()
+    if args.merge and (args.resume or not args.json):
+        raise SystemExit("--merge needs --json (the rows to merge into) and cannot be combined with --resume")
+    earlier = json.loads(args.json.read_text()) if args.merge and args.json.exists() else []
+    only = set(args.only) if args.only else None
     prepared_data(args.data, args.image_size, load_params())  # once, before any subprocess reads it
     models, targets, rounds = (["default"], [0.5], 2) if args.quick else (args.models, args.targets, args.rounds)
     if args.quick:
         args.seeds = 1
+
+    def save(rows: list[dict]) -> list[dict]:
+        rows = merge_rows(earlier, rows) if args.merge else rows
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.with_suffix(".tmp").write_text(json.dumps(rows, indent=1))
+            args.json.with_suffix(".tmp").replace(args.json)
+        return rows
+
     if args.jobs > 1 and len(models) > 1:
-        rows = _parallel(models, args)
-        print(markdown(rows))
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(rows, indent=1))
+        print(markdown(save(_parallel(models, args))))
         return
-
-    def save(rows: list[dict]) -> None:
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(rows, indent=1))
-
     done = json.loads(args.json.read_text()) if args.resume and args.json and args.json.exists() else None
     rows = run(models, targets, args.quick, rounds, log=lambda s: print(s, flush=True), save=save, done=done,
                finetune_epochs=args.finetune_epochs, seeds=args.seeds, short_epochs=args.short_epochs,
-               data=args.data, image_size=args.image_size, baseline_epochs=args.baseline_epochs)
-    print(markdown(rows))
+               data=args.data, image_size=args.image_size, baseline_epochs=args.baseline_epochs, only=only)
+    print(markdown(save(rows)))
 
 
 if __name__ == "__main__":

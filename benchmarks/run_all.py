@@ -109,7 +109,8 @@ def figures(quality_rows: list[dict], speed_rows: list[dict], folder: Path = FIG
     rows = [r for r in quality_rows if "error" not in r]
     models = list(dict.fromkeys(r["model"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "baseline"))
-    colors = {m: plt.cm.tab10(i) for i, m in enumerate(methods)}
+    palette = plt.cm.tab10 if len(methods) <= 10 else plt.cm.tab20
+    colors = {m: palette(i) for i, m in enumerate(methods)}
     markers = {0.3: "v", 0.5: "o", 0.7: "^"}
     if rows:
         fig, axes = plt.subplots(2, len(models), figsize=(max(12, 6.5 * len(models)), 9), squeeze=False)
@@ -137,7 +138,7 @@ def figures(quality_rows: list[dict], speed_rows: list[dict], folder: Path = FIG
                     for t, mk in markers.items()]
         fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False)
         fig.suptitle("Accuracy vs measured latency (filled: ours, hollow: Torch-Pruning; dotted: unpruned)")
-        fig.tight_layout(rect=(0, 0.08, 1, 0.96))
+        fig.tight_layout(rect=(0, 0.11, 1, 0.96))
         path = folder / "accuracy_vs_latency.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -162,7 +163,7 @@ def figures(quality_rows: list[dict], speed_rows: list[dict], folder: Path = FIG
         fig.legend(handles=handles[: len(methods)] + [
             plt.Line2D([], [], ls="", marker=shapes[m], color="k", markerfacecolor="none", label=m) for m in models],
             loc="lower center", ncol=4, frameon=False)
-        fig.tight_layout(rect=(0, 0.16, 1, 1))
+        fig.tight_layout(rect=(0, 0.2, 1, 1))
         path = folder / "latency_vs_macs.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
