@@ -351,11 +351,24 @@ def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=p
     return rows
 
 
+# The accuracies compared between the tools, best first. "Right after pruning" compares one-shot rows only: an
+# iterative row of the peer carries the BatchNorm re-estimations made between its steps, while our iterative
+# selection applies its labels to the unpruned model (fresh statistics are then the next column's job).
+COMPARED = (("acc_finetuned", "after fine-tuning", "fine-tuned"), ("acc_short", "after the short fine-tuning", "short"),
+            ("acc_bn", "after BatchNorm re-estimation", "BN"), ("acc_pruned", "right after pruning (one-shot rows)", "pruned"))
+
+
+def compared(row: dict, key: str) -> bool:
+    """Whether ``row`` takes part in the comparison of ``key`` (see ``COMPARED``)."""
+    return (row["method"] != "baseline" and "error" not in row and key in row
+            and not (key == "acc_pruned" and " steps" in row["method"]))
+
+
 def _best(rows: list[dict], key: str) -> dict:
-    """(model, target) -> best value of key among all methods."""
+    """(model, target) -> best value of key among the compared rows of all methods."""
     best = {}
     for r in rows:
-        if r["method"] != "baseline" and key in r:
+        if compared(r, key):
             k = (r["model"], r["target"])
             best[k] = max(best.get(k, -1.0), r[key])
     return best
@@ -367,9 +380,21 @@ def _spread(row: dict, key: str = "acc_finetuned") -> str:
     return f" ({min(seeds):.3f}-{max(seeds):.3f})" if len(seeds) > 1 else ""
 
 
+def _verdict(rows: list[dict], row: dict) -> list[str]:
+    """Our ``row`` against the best Torch-Pruning row at its (model, target), per compared accuracy."""
+    parts = []
+    for key, _, name in COMPARED:
+        peer_best = [p[key] for p in rows if p.get("tool") == "peer" and (p["model"], p["target"]) == (row["model"], row["target"])
+                     and compared(p, key)]
+        if compared(row, key) and peer_best:
+            mark = "**loses**" if row[key] < max(peer_best) else "ties" if row[key] == max(peer_best) else "beats"
+            parts.append(f"{name}: {mark}")
+    return parts
+
+
 def markdown(rows: list[dict]) -> str:
     """One table per model; a method's cell is bold when it is the best at that target (ties included)."""
-    best_pruned, best_ft, best_short = _best(rows, "acc_pruned"), _best(rows, "acc_finetuned"), _best(rows, "acc_short")
+    best = {key: _best(rows, key) for key, _, _ in COMPARED}
     short = sorted({r["short_epochs"] for r in rows if r.get("short_epochs")})
     short_head = f" acc. after {'/'.join(map(str, short))}-epoch fine-tune (range) |" if short else ""
     out = []
@@ -386,30 +411,14 @@ def markdown(rows: list[dict]) -> str:
                 continue
             k = (r["model"], r["target"])
             bold = lambda v, best: f"**{v:.3f}**" if best is not None and v >= best - 1e-12 else f"{v:.3f}"  # noqa: E731
-            verdict = ""
-            if r["method"] != "baseline":
-                verdict_parts = []
-                if r.get("tool") == "ours":
-                    peer_rows = [p for p in rows if p.get("tool") == "peer" and (p["model"], p["target"]) == k and "error" not in p]
-                    if peer_rows:
-                        best_peer_ft = max(p["acc_finetuned"] for p in peer_rows)
-                        best_peer_pr = max(p["acc_pruned"] for p in peer_rows)
-                        verdict_parts.append("fine-tuned: " + ("**loses** to best TP" if r["acc_finetuned"] < best_peer_ft
-                                                               else "ties best TP" if r["acc_finetuned"] == best_peer_ft else "beats best TP"))
-                        verdict_parts.append("pruned: " + ("**loses**" if r["acc_pruned"] < best_peer_pr
-                                                           else "ties" if r["acc_pruned"] == best_peer_pr else "beats"))
-                        shorts = [p["acc_short"] for p in peer_rows if "acc_short" in p]
-                        if "acc_short" in r and shorts:
-                            verdict_parts.append("short: " + ("**loses**" if r["acc_short"] < max(shorts)
-                                                              else "ties" if r["acc_short"] == max(shorts) else "beats"))
-                verdict = "; ".join(verdict_parts)
+            verdict = "; ".join(_verdict(rows, r)) if r.get("tool") == "ours" else ""
             out.append(
                 f"| {label} | {r['method']} | {r['macs']:.3g} ({r['macs_ratio']:.3f}) | {r['params']:,} | "
                 f"{r['latency_b1_ms']:.3f} ({r['latency_ratio_b1']:.2f}) | {r['latency_b64_ms']:.2f} ({r['latency_ratio_b64']:.2f}) | "
-                f"{bold(r['acc_pruned'], best_pruned.get(k) if r['method'] != 'baseline' else None)} | "
-                f"{r['acc_bn']:.3f} | "
-                f"{bold(r['acc_finetuned'], best_ft.get(k) if r['method'] != 'baseline' else None)}{_spread(r)} |"
-                + ((f" {bold(r['acc_short'], best_short.get(k) if r['method'] != 'baseline' else None)}"
+                f"{bold(r['acc_pruned'], best['acc_pruned'].get(k) if compared(r, 'acc_pruned') else None)} | "
+                f"{bold(r['acc_bn'], best['acc_bn'].get(k) if compared(r, 'acc_bn') else None)} | "
+                f"{bold(r['acc_finetuned'], best['acc_finetuned'].get(k) if compared(r, 'acc_finetuned') else None)}{_spread(r)} |"
+                + ((f" {bold(r['acc_short'], best['acc_short'].get(k) if compared(r, 'acc_short') else None)}"
                     f"{_spread(r, 'acc_short')}" if "acc_short" in r else "") + " |" if short else "")
                 + f" {verdict} |"
             )

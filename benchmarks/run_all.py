@@ -239,17 +239,15 @@ def speed_section(result: dict) -> tuple[str, list[str]]:
 
 
 def quality_losses(rows: list[dict]) -> list[str]:
+    compared = quality_part.compared
     losses = []
     keys = dict.fromkeys((r["model"], r["target"]) for r in rows if r["method"] != "baseline")
     for model, target in keys:
-        group = [r for r in rows if (r["model"], r["target"]) == (model, target) and "error" not in r]
-        ours = [r for r in group if r.get("tool") == "ours"]
-        peer = [r for r in group if r.get("tool") == "peer"]
-        if not ours or not peer:
-            continue
-        for key, what in (("acc_finetuned", "after fine-tuning"), ("acc_short", "after the short fine-tuning"),
-                          ("acc_pruned", "right after pruning")):
-            if any(key not in r for r in ours + peer):
+        group = [r for r in rows if (r["model"], r["target"]) == (model, target)]
+        for key, what, _ in quality_part.COMPARED:
+            ours = [r for r in group if r.get("tool") == "ours" and compared(r, key)]
+            peer = [r for r in group if r.get("tool") == "peer" and compared(r, key)]
+            if not ours or not peer:
                 continue
             best_ours = max(ours, key=lambda r: r[key])
             best_peer = max(peer, key=lambda r: r[key])
@@ -259,13 +257,12 @@ def quality_losses(rows: list[dict]) -> list[str]:
                               + _significance(best_ours, best_peer, key))
     methods = list(dict.fromkeys(r["method"] for r in rows if r.get("tool") == "ours"))
     for method in methods:
-        for key, what in (("acc_pruned", "right after pruning"), ("acc_short", "after the short fine-tuning"),
-                          ("acc_finetuned", "after fine-tuning")):
+        for key, what, _ in quality_part.COMPARED:
             below = []
             for model, target in keys:
-                group = [r for r in rows if (r["model"], r["target"]) == (model, target) and "error" not in r]
-                mine = [r for r in group if r["method"] == method and key in r]
-                peer = [r[key] for r in group if r.get("tool") == "peer" and key in r]
+                group = [r for r in rows if (r["model"], r["target"]) == (model, target)]
+                mine = [r for r in group if r["method"] == method and compared(r, key)]
+                peer = [r[key] for r in group if r.get("tool") == "peer" and compared(r, key)]
                 if mine and peer and mine[0][key] < max(peer):
                     below.append(f"{model} {target:.0%}")
             if below:
@@ -307,27 +304,31 @@ def quality_section_note(rows: list[dict]) -> str:
     size = "/".join(f"{n:,}" for n in sizes) or "?"
     unit = f"{1 / sizes[0]:.4f}" if sizes else "?"
     return ("Bold: best accuracy at that (model, target) among all methods (ties: all bold). 'verdict' compares "
-            f"each of our rows with the best Torch-Pruning row at the same target. The test split has {size} images, "
+            "each of our rows with the best Torch-Pruning row at the same target; right after pruning only one-shot "
+            "rows are compared (the peer's iterative rows carry the BatchNorm re-estimations between their steps, "
+            "ours apply their labels to the unpruned model). "
+            f"The test split has {size} images, "
             f"so one image is {unit} of accuracy. Fine-tuning budget in this run: {finetune_budget(rows)} for every "
             "method.")
 
 
 def quality_headline(rows: list[dict], data: str) -> str:
-    """How many (model, budget) points our best method matches or beats the peer's best at."""
+    """At how many (model, budget) points our best method matches or beats the peer's best, per compared accuracy."""
     keys = list(dict.fromkeys((r["model"], r["target"]) for r in rows if r["method"] != "baseline"))
-    won = {"acc_finetuned": 0, "acc_short": 0, "acc_pruned": 0}
-    for k in keys:
-        g = [r for r in rows if (r["model"], r["target"]) == k and "error" not in r]
-        for key in won:
-            o = [r[key] for r in g if r.get("tool") == "ours" and key in r]
-            p = [r[key] for r in g if r.get("tool") == "peer" and key in r]
-            won[key] += bool(o and p and max(o) >= max(p))
-    short = "" if not any("acc_short" in r for r in rows) else (
-        f", **{won['acc_short']}/{len(keys)}** after the short fine-tuning")
+    counts = []
+    for key, what, _ in quality_part.COMPARED:
+        if not any(key in r for r in rows if r["method"] != "baseline"):
+            continue
+        won = 0
+        for k in keys:
+            g = [r for r in rows if (r["model"], r["target"]) == k and quality_part.compared(r, key)]
+            o = [r[key] for r in g if r.get("tool") == "ours"]
+            p = [r[key] for r in g if r.get("tool") == "peer"]
+            won += bool(o and p and max(o) >= max(p))
+        counts.append(f"**{won}/{len(keys)}** {what}")
     return (f"- **Quality at equal MACs, {data}**: our best method matches or beats Torch-Pruning's best at "
-            f"**{won['acc_finetuned']}/{len(keys)}** (model, budget) points after fine-tuning{short} and "
-            f"**{won['acc_pruned']}/{len(keys)}** right after pruning (test accuracy; see the tables for which of "
-            "our selectors).")
+            f"{', '.join(counts)} of the (model, budget) points (test accuracy; see the tables for which of our "
+            "selectors).")
 
 
 def finetune_budget(rows: list[dict]) -> str:
