@@ -18,11 +18,14 @@ CASES = [
 ]
 
 
-def calibrator(shape):
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+def calibrator(shape, device="cpu"):
     """Loss-aware scores over one fixed batch: deterministic, and different for every pruned model."""
     generator = torch.Generator().manual_seed(7)
-    x = torch.randn(*shape, generator=generator)
-    y = torch.randint(0, 10, (shape[0],), generator=generator)
+    x = torch.randn(*shape, generator=generator).to(device)
+    y = torch.randint(0, 10, (shape[0],), generator=generator).to(device)
 
     def calibrate(ir: PruningIR) -> None:
         ir.model.eval()
@@ -37,13 +40,14 @@ def knapsack(cost):
     return lambda budget: KnapsackLabelSelector(budget, latency_calculation_function=cost, verbose=False)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("factory, shape", CASES, ids=[case[0].__name__ for case in CASES])
-def test_one_prune_rebuilds_the_steps(factory, shape):
+def test_one_prune_rebuilds_the_steps(factory, shape, device):
     """Pruning the returned labels of the original IR gives the model the steps reached, weight for weight."""
     torch.manual_seed(0)
-    model = factory().eval()
-    example = torch.randn(1, *shape[1:])
-    calibrate, cost = calibrator(shape), macs(example)
+    model = factory().eval().to(device)
+    example = torch.randn(1, *shape[1:], device=device)
+    calibrate, cost = calibrator(shape, device), macs(example)
     ir = PruningIR(model, example_input=example)
     calibrate(ir)
     target = 0.4 * cost(ir.model)
@@ -62,7 +66,7 @@ def test_one_prune_rebuilds_the_steps(factory, shape):
     assert got.keys() == want.keys()
     for name in want:
         assert torch.equal(got[name], want[name]), name
-    x = torch.randn(*shape)
+    x = torch.randn(*shape, device=device)
     torch.testing.assert_close(once(x), stepped.model(x), rtol=0, atol=0)
 
 

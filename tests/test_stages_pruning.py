@@ -105,6 +105,18 @@ def test_steps_are_deterministic_and_rescored(calibrated, tmp_path):
     assert "3 steps (re-scored between steps)" in summary
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_steps_on_cuda(calibrated, tmp_path):
+    """Re-scoring and BatchNorm re-estimation run on the device; the labels still meet the target on CPU."""
+    params = _params(select__steps=3, select__target=0.3)
+    params.data["device"] = "cuda"
+    select.run(params, calibrated / "data", calibrated / "ir_calibrated.pt", tmp_path / "labels.json",
+               tmp_path / "summary.md")
+    kept = float((tmp_path / "summary.md").read_text().split("% of baseline")[0].rsplit("(", 1)[1])
+    assert kept <= 30
+    prune.run(params, calibrated / "data", calibrated / "ir_calibrated.pt", tmp_path / "labels.json", tmp_path / "pruned")
+
+
 def test_prune_and_finetune_save_a_rebuildable_model(calibrated, tmp_path):
     params = _params()
     _select(calibrated, tmp_path)
