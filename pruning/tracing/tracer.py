@@ -120,6 +120,12 @@ def trace_graph(
                 "are treated as unprunable",
                 stacklevel=3,
             )
+    # Postponed annotations (``from __future__ import annotations``) reach the graph as strings, which the
+    # generated code keeps as string globals; pickling such a GraphModule fails on some torch versions
+    # (2.11: "'str' object has no attribute '__name__'"). Annotations do not change what the graph computes.
+    for node in graph.nodes:
+        if isinstance(node.type, str):
+            node.type = None
     return graph
 
 
