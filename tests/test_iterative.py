@@ -94,12 +94,17 @@ def test_attention_steps_match():
     torch.testing.assert_close(ir.prune(labels=labels).model(x), stepped.model(x), rtol=0, atol=0)
 
 
-def test_one_step_is_the_plain_selector():
+def calibrated_residual():
+    """A calibrated IR of the Residual model and its MACs function."""
     torch.manual_seed(0)
     example = torch.randn(1, 3, 12, 12)
     ir = PruningIR(Residual().eval(), example_input=example)
     calibrator((2, 3, 12, 12))(ir)
-    cost = macs(example)
+    return ir, macs(example)
+
+
+def test_one_step_is_the_plain_selector():
+    ir, cost = calibrated_residual()
     target = 0.5 * cost(ir.model)
     calls = []
     labels = IterativeLabelSelector(knapsack(cost), target, cost, calls.append, steps=1, verbose=False).select(ir)
@@ -182,11 +187,7 @@ def test_finer_labels_after_pruning_are_kept_whole():
 
 
 def test_errors_name_the_bad_value():
-    torch.manual_seed(0)
-    example = torch.randn(1, 3, 12, 12)
-    ir = PruningIR(Residual().eval(), example_input=example)
-    calibrator((2, 3, 12, 12))(ir)
-    cost = macs(example)
+    ir, cost = calibrated_residual()
     with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
         IterativeLabelSelector(knapsack(cost), 1.0, cost, print, steps=0)
     with pytest.raises(ValueError, match="is not below the model's cost"):
