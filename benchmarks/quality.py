@@ -49,7 +49,6 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -65,7 +64,7 @@ from stages.calibrate import _batches, score  # noqa: E402
 from stages.data import load_split, make_loader, read_meta  # noqa: E402
 from stages.models import build_from_spec, build_model, load_checkpoint, model_spec  # noqa: E402
 from stages.params import Params  # noqa: E402
-from stages.select import _select, _select_in_steps  # noqa: E402
+from stages.select import _select, _select_in_steps, batchnorm_reestimation  # noqa: E402
 from stages.training import accuracy, recalibrate_batchnorm, seed_everything, setup, train_epochs  # noqa: E402
 
 STEPS = 3  # the iterative rows: selection steps (ours: select.steps; peer: iterative_steps)
@@ -210,19 +209,6 @@ def finetune(model: nn.Module, params: Params, data_dir: Path, device, test_load
     return result
 
 
-def reestimate_batchnorm(params: Params, data_dir: Path, device) -> Callable[[nn.Module], None]:
-    """What ``select.steps`` does between steps, for both tools: BatchNorm statistics re-estimated in place over
-    ``select.bn_batches`` training batches (seed ``seed``), the model back on CPU in eval mode."""
-    seed = params.get_int("seed")
-
-    def reestimate(model: nn.Module) -> None:
-        seed_everything(seed)
-        recalibrate_batchnorm(model, train_loader(params, data_dir, seed), device, params.get_int("select.bn_batches"))
-        model.cpu().eval()
-
-    return reestimate
-
-
 def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, device, log=print,
               baseline_epochs: int | None = None, label: str | None = None, only: set[str] | None = None) -> list[dict]:
     """Every method (``only``: those named) at every target for one model; returns rows with the pruned
@@ -235,7 +221,7 @@ def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, d
     base_macs = cost(model)
     ir = PruningIR(copy.deepcopy(model), example_input=example)
     score(ir, batches, device, "eval")  # as the calibrate stage does (calibrate.mode: eval)
-    between = reestimate_batchnorm(params, data_dir, device)
+    between = batchnorm_reestimation(params, data_dir, params.get_int("seed"), device)  # as select.steps does
     rows = [{"model": name, "method": "baseline", "target": 1.0, "macs": base_macs, "pruned_model": model}]
     for target in targets:
         budget = target * base_macs

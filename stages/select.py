@@ -121,16 +121,10 @@ class _Step(LabelSelector):
         return _select(ir, self.params, self.method, self.cost, self.budget)
 
 
-def _select_in_steps(ir: PruningIR, params: Params, method: str, cost: Callable[[nn.Module], float], target: float,
-                     steps: int, data_dir: Path, seed: int, device: torch.device) -> list:
-    """`steps` selections to `target`, BatchNorm re-estimated and the model re-scored between them."""
-    for key in {"uniform": ("select.ratio",), "global": ("select.n", "select.ratio")}.get(method, ()):
-        if params.get(key) is not None:
-            raise StageError(f"params.yaml: 'select.steps' = {steps} works to 'select.target', but '{key}' is set: "
-                             f"set '{key}: null' (or 'select.steps: 1')")
-    mode = params.get_str("calibrate.mode", choices=("train", "eval"))
+def batchnorm_reestimation(params: Params, data_dir: Path, seed: int, device: torch.device) -> Callable[[nn.Module], None]:
+    """What happens to a model between steps: its BatchNorm statistics re-estimated in place over
+    `select.bn_batches` training batches (shuffled by `seed`; 0: nothing), the model back on CPU in eval mode."""
     bn_batches = params.get_int("select.bn_batches", min=0)
-    batches = list(calibration_batches(params, data_dir, seed))
 
     def reestimate(model: nn.Module) -> None:
         if bn_batches:
@@ -140,9 +134,21 @@ def _select_in_steps(ir: PruningIR, params: Params, method: str, cost: Callable[
             recalibrate_batchnorm(model, train, device, bn_batches)
             model.cpu().eval()
 
+    return reestimate
+
+
+def _select_in_steps(ir: PruningIR, params: Params, method: str, cost: Callable[[nn.Module], float], target: float,
+                     steps: int, data_dir: Path, seed: int, device: torch.device) -> list:
+    """`steps` selections to `target`, BatchNorm re-estimated and the model re-scored between them."""
+    for key in {"uniform": ("select.ratio",), "global": ("select.n", "select.ratio")}.get(method, ()):
+        if params.get(key) is not None:
+            raise StageError(f"params.yaml: 'select.steps' = {steps} works to 'select.target', but '{key}' is set: "
+                             f"set '{key}: null' (or 'select.steps: 1')")
+    mode = params.get_str("calibrate.mode", choices=("train", "eval"))
+    batches = list(calibration_batches(params, data_dir, seed))
     selector = IterativeLabelSelector(lambda budget: _Step(params, method, cost, budget), target, cost,
                                       lambda step_ir: score(step_ir, batches, device, mode), steps=steps,
-                                      between_steps=reestimate)
+                                      between_steps=batchnorm_reestimation(params, data_dir, seed, device))
     try:
         return selector.select(ir)
     except ValueError as exc:
