@@ -34,7 +34,9 @@ class IterativeLabelSelector(LabelSelector):
     reached, and ``ir``'s unchanged weights, because every step's labels are traced back to the labels of
     ``ir`` whose channels they hold. What ``between_steps`` did to the intermediate models (BatchNorm
     statistics) is not carried over: re-estimate BatchNorm after pruning, as before fine-tuning anyway.
-    With ``steps=1`` this is ``make_selector(target_latency).select(ir)``.
+    With ``steps=1`` this is ``make_selector(target_latency).select(ir)``. Where a pruned model has finer
+    labels than ``ir`` (a grouped convolution left with one group prunes per channel), a step keeps only
+    what it selects of whole labels of ``ir``, so the steps can then differ from pruning step by step.
 
     Args:
         make_selector: builds the selector of one step from its cost budget, e.g.
