@@ -7,7 +7,7 @@ Each part runs as its own script in a subprocess (``benchmarks/coverage.py``, ``
 ``--calibration``, ``quality.py`` on digits and, as ``quality_fashion``, on Fashion-MNIST), writing JSON under
 ``benchmarks/results/``; ``--reuse PART`` takes that
 JSON from an earlier run instead of running the part again (BENCHMARKS.md then says so, with the date of
-the file). ``--quick`` passes ``--quick`` to every part (minutes instead of about an hour) and writes to
+the file). ``--quick`` passes ``--quick`` to every part (minutes instead of hours) and writes to
 ``BENCHMARKS.quick.md``, ``benchmarks/results/quick/`` and ``benchmarks/figures/quick/`` instead. ``make bench`` runs this script without flags.
 """
 from __future__ import annotations
