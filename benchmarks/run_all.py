@@ -238,19 +238,29 @@ def speed_section(result: dict) -> tuple[str, list[str]]:
     return "\n".join(text), losses
 
 
+def _leaders(rows: list[dict], key: str) -> dict[tuple, tuple[dict, dict]]:
+    """(model, target) -> (our best row, the peer's best row) by ``key``, among the rows compared on it, at every
+    point where both tools have one."""
+    out = {}
+    for point in dict.fromkeys((r["model"], r["target"]) for r in rows if r["method"] != "baseline"):
+        group = [r for r in rows if (r["model"], r["target"]) == point and quality_part.compared(r, key)]
+        ours = [r for r in group if r.get("tool") == "ours"]
+        peer = [r for r in group if r.get("tool") == "peer"]
+        if ours and peer:
+            out[point] = (max(ours, key=lambda r: r[key]), max(peer, key=lambda r: r[key]))
+    return out
+
+
 def quality_losses(rows: list[dict]) -> list[str]:
     compared = quality_part.compared
     losses = []
     keys = dict.fromkeys((r["model"], r["target"]) for r in rows if r["method"] != "baseline")
+    leaders = {key: _leaders(rows, key) for key, _, _ in quality_part.COMPARED}
     for model, target in keys:
-        group = [r for r in rows if (r["model"], r["target"]) == (model, target)]
         for key, what, _ in quality_part.COMPARED:
-            ours = [r for r in group if r.get("tool") == "ours" and compared(r, key)]
-            peer = [r for r in group if r.get("tool") == "peer" and compared(r, key)]
-            if not ours or not peer:
+            if (model, target) not in leaders[key]:
                 continue
-            best_ours = max(ours, key=lambda r: r[key])
-            best_peer = max(peer, key=lambda r: r[key])
+            best_ours, best_peer = leaders[key][model, target]
             if best_ours[key] < best_peer[key]:
                 losses.append(f"quality: **{model} at {target:.0%} MACs, {what}**: our best {best_ours[key]:.3f} "
                               f"({best_ours['method']}) < {best_peer[key]:.3f} ({best_peer['method']})"
@@ -319,12 +329,7 @@ def quality_headline(rows: list[dict], data: str) -> str:
     for key, what, _ in quality_part.COMPARED:
         if not any(key in r for r in rows if r["method"] != "baseline"):
             continue
-        won = 0
-        for k in keys:
-            g = [r for r in rows if (r["model"], r["target"]) == k and quality_part.compared(r, key)]
-            o = [r[key] for r in g if r.get("tool") == "ours"]
-            p = [r[key] for r in g if r.get("tool") == "peer"]
-            won += bool(o and p and max(o) >= max(p))
+        won = sum(ours[key] >= peer[key] for ours, peer in _leaders(rows, key).values())
         counts.append(f"**{won}/{len(keys)}** {what}")
     return (f"- **Quality at equal MACs, {data}**: our best method matches or beats Torch-Pruning's best at "
             f"{', '.join(counts)} of the (model, budget) points (test accuracy; see the tables for which of our "
