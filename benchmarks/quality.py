@@ -18,7 +18,9 @@ every method), methods:
   (``stages.select._select``): uniform and global bisect their ratio to meet the target, knapsack works
   to it directly; knapsack also in 3 steps (the ``select`` stage with ``select.steps: 3``:
   ``pruning.IterativeLabelSelector``, BatchNorm statistics re-estimated over ``select.bn_batches`` training
-  batches and the model re-scored on the same calibration batches between steps);
+  batches and the model re-scored on the same calibration batches between steps); then the ``prune``
+  stage's pruning (``prune.compensate``: the calibration means of removed input channels folded into the
+  biases, ``pruning.compensation``);
 - peer: Torch-Pruning ``MagnitudeImportance`` and ``TaylorImportance`` (loss gradients over the *same*
   calibration batches), per layer (uniform) and global, ratio bisected to meet the same target
   (``benchmarks/peer.py``); and the peer's iterative mode (``iterative_steps=3``) for magnitude uniform and
@@ -236,7 +238,7 @@ def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, d
                     labels = (_select(ir, params, select, cost, budget) if steps == 1 else
                               _select_in_steps(ir, params, select, cost, budget, steps, data_dir,
                                                params.get_int("seed"), device))
-                    row["pruned_model"] = ir.prune(labels=labels).model
+                    row["pruned_model"] = ir.prune(labels=labels, compensate=params.get_bool("prune.compensate")).model
                 else:
                     imp, glob, steps = method
                     pruned, row["ratio"] = peer.prune_to_cost(

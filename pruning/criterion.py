@@ -27,6 +27,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from .compensation import InputMeans
+
 __all__ = ["LossAwareCriterion"]
 
 
@@ -49,8 +51,10 @@ class LossAwareCriterion:
     ``collector(*args, **kwargs)`` runs ``ir.snapshot(snapshot_name).run(...)``. Each ``backward()``
     adds ``sum g*w`` per label into the current batch (gradients are read in tensor hooks, so ``.grad``
     and ``zero_grad`` do not matter); each new collector call, and the exit, closes the batch.
-    On a normal exit ``snapshot.scores`` becomes a float64 CPU tensor ``[num_labels]``; hooks are always
-    removed. Any mode (train/eval) and device work; the model is not moved.
+    On a normal exit ``snapshot.scores`` becomes a float64 CPU tensor ``[num_labels]``, and
+    ``snapshot.input_means`` the mean of every input channel of each convolution and linear layer over
+    the calibration forwards (what ``ir.prune`` folds into biases for the channels it removes, see
+    :mod:`pruning.compensation`); hooks are always removed. Any mode (train/eval) and device work; the model is not moved.
 
     Distributed (``torch.distributed`` initialized): every rank runs its own collector over its shard of
     the calibration batches, calling ``collector(x)`` as above. The collector runs the snapshot model
@@ -73,6 +77,7 @@ class LossAwareCriterion:
         self._num_batches = 0
         self._active = False
         self._hooked = False
+        self._means: InputMeans | None = None
 
     def __enter__(self) -> "LossAwareCriterion":
         if self._active:
@@ -89,10 +94,10 @@ class LossAwareCriterion:
         if not self._active:
             raise RuntimeError("call the collector inside its 'with LossAwareCriterion(ir) as collector:' block")
         self._fold_batch()
-        out = self.snapshot.run(*args, **kwargs)
-        if not self._hooked:  # labels exist only after the first (analysing) forward; backward comes later
+        if not self._hooked:  # labels exist only once the snapshot has seen an input
+            self.snapshot.analyze(*args, **kwargs)
             self._register_hooks()
-        return out
+        return self.snapshot.run(*args, **kwargs)
 
     def __exit__(
         self,
@@ -103,32 +108,39 @@ class LossAwareCriterion:
         try:
             if exc_type is None:
                 self._fold_batch()
-                sum_sq, num_batches = self._totals()
+                sum_sq, num_batches, means = self._totals() if self._means is not None else (None, 0, None)
                 if num_batches == 0:
                     raise RuntimeError(
                         "LossAwareCriterion saw no backward pass: inside the 'with' block compute a loss "
                         "from the collector's output and call loss.backward()"
                     )
                 self.snapshot.scores = (sum_sq / num_batches).cpu()
+                self.snapshot.input_means = self._means.means(means)
         finally:
+            if self._means is not None:
+                self._means.detach()
+                self._means = None
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
             self._batch, self._sum_sq = {}, None
             self._active = self._hooked = False
 
-    def _totals(self) -> tuple[torch.Tensor | None, int]:
-        """The squared-sum accumulator and batch count, summed over all ranks when a process group is up."""
+    def _totals(self) -> tuple[torch.Tensor | None, int, torch.Tensor]:
+        """The squared-sum accumulator, the batch count and the input sums (``InputMeans.flat``), summed
+        over all ranks when a process group is up."""
         if not (dist.is_available() and dist.is_initialized()):
-            return self._sum_sq, self._num_batches
+            return self._sum_sq, self._num_batches, self._means.flat(torch.device("cpu"))
         nccl = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only; gloo and mixed groups take CPU ones
         device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
-        totals = torch.zeros(self.snapshot.num_labels + 1, dtype=torch.float64, device=device)
+        labels = self.snapshot.num_labels
+        totals = torch.zeros(labels + 1, dtype=torch.float64, device=device)
         if self._sum_sq is not None:
             totals[:-1] = self._sum_sq
         totals[-1] = self._num_batches
+        totals = torch.cat([totals, self._means.flat(device)])
         dist.all_reduce(totals)
-        return totals[:-1], int(totals[-1].item())
+        return totals[:labels], int(totals[labels].item()), totals[labels + 1:]
 
     def _register_hooks(self) -> None:
         model = self.snapshot.model
@@ -144,6 +156,8 @@ class LossAwareCriterion:
         self._num_labels = self.snapshot.num_labels
         for site in sites.values():
             self._handles.append(site.param.register_hook(self._make_hook(site)))
+        self._means = InputMeans(self.snapshot)
+        self._means.attach()
         self._hooked = True
 
     def _make_hook(self, site: _Site) -> Callable[[torch.Tensor], None]:

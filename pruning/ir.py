@@ -10,6 +10,7 @@ import torch
 from torch import fx, nn
 
 from .channels.propagation import Analysis, Context, ParamSite, get_tensor
+from .compensation import bias_shifts
 from .labels import Label, check_selection
 from .surgery import prune_graph_module
 from .tracing import record_shapes, trace_graph
@@ -38,6 +39,8 @@ class Snapshot:
         self._graph = model.graph if graph is None else graph
         self._model: fx.GraphModule | None = model if graph is None else None
         self.scores: torch.Tensor | None = None
+        #: calibration mean of each input channel per compensable layer (see :mod:`pruning.compensation`)
+        self.input_means: dict[str, torch.Tensor] | None = None
         self._example = example
         self._analysis: Analysis | None = None
 
@@ -127,6 +130,7 @@ class Snapshot:
         model = state.pop("model")
         if "ir_uid" in state:  # saved by a version that stored the id eagerly
             state["_uid"] = state.pop("ir_uid")
+        state.setdefault("input_means", None)  # saved by a version without mean compensation
         self.__dict__.update(state)
         self._root, self._graph, self._model = model, model.graph, model
         names = {node.name for node in self._graph.nodes}
@@ -305,7 +309,7 @@ class PruningIR:
         return self._snapshots[name]
 
     def prune(self, name: str = "main", *, labels: Sequence[Label], inplace: bool = False,
-              skip_label_checking: bool = False) -> "PruningIR":
+              skip_label_checking: bool = False, compensate: bool | None = None) -> "PruningIR":
         """Remove the channels of ``labels`` from snapshot ``name``'s model.
 
         Returns a new IR whose ``'main'`` snapshot is the pruned model (the labels of this IR do not
@@ -315,6 +319,13 @@ class PruningIR:
         ``inplace=False`` the result is a copy. ``skip_label_checking=True`` skips the checks of
         :func:`pruning.labels.check_selection` (foreign, duplicate, unprunable labels, emptied
         groups): use it only for selections known to be valid.
+
+        ``compensate`` (beyond the vendor API): fold the calibration mean of every removed input channel
+        of a convolution or linear layer into that layer's bias (:mod:`pruning.compensation`), so that the
+        pruned model starts closer to the original; a layer without a bias gets one. ``None`` (default):
+        compensate when the snapshot holds calibration means (``LossAwareCriterion`` records them), else
+        prune plainly; ``True``: compensate, a ``ValueError`` if a layer that loses input channels has no
+        mean; ``False``: never (the pruned model then equals the original with those channels zeroed).
         """
         snapshot = self.snapshot(name)
         labels = list(labels)
@@ -326,7 +337,10 @@ class PruningIR:
             return copy.deepcopy(self)
         keep = np.ones(snapshot.num_labels, dtype=bool)
         keep[indices] = False
-        pruned = prune_graph_module(snapshot._root, snapshot.graph, snapshot.analysis, keep, inplace)
+        if compensate is None:
+            compensate = snapshot.input_means is not None
+        shifts = bias_shifts(snapshot, keep) if compensate else {}  # from the weights before slicing
+        pruned = prune_graph_module(snapshot._root, snapshot.graph, snapshot.analysis, keep, inplace, shifts)
         result = self if inplace else PruningIR.__new__(PruningIR)
         result.leaf_modules = self.leaf_modules
         result.soft_tracing = self.soft_tracing

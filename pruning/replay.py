@@ -10,23 +10,39 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvTransposeNd
 
+from .compensation import add_to_bias, bias_shifts
 from .ir import Label, PruningIR, fingerprint
+from .labels import check_selection
 
 FORMAT = 1
 
 
-def pruning_record(ir: PruningIR, labels: Sequence[Label]) -> dict[str, Any]:
-    """Plain JSON-able data describing ``ir.prune(labels=labels)`` of the ``'main'`` snapshot."""
+def pruning_record(ir: PruningIR, labels: Sequence[Label], compensate: bool | None = None) -> dict[str, Any]:
+    """Plain JSON-able data describing ``ir.prune(labels=labels, compensate=compensate)`` of the
+    ``'main'`` snapshot: the structure, inputs and labels, and the layers that mean compensation gives a
+    bias they did not have (``biases_added``; their values come with the state_dict)."""
     snapshot = ir.snapshot()
     args = snapshot.example_args()
+    indices = check_selection(snapshot, list(labels))
+    if compensate is None:
+        compensate = snapshot.input_means is not None
+    added = []
+    if compensate:
+        keep = np.ones(snapshot.num_labels, dtype=bool)
+        keep[indices] = False
+        modules = dict(snapshot.model.named_modules())
+        added = sorted(target for target in bias_shifts(snapshot, keep) if modules[target].bias is None)
     return {
         "format": FORMAT,
         "structure": fingerprint(snapshot.model, values=False),
         "inputs": [{"shape": list(a.shape), "dtype": str(a.dtype).removeprefix("torch.")} for a in args],
-        "labels": sorted(label.index for label in labels),
+        "labels": sorted(int(i) for i in indices),
+        "biases_added": added,
     }
 
 
@@ -36,8 +52,9 @@ def replay(model: nn.Module, record: Mapping[str, Any],
     """Rebuild the pruned model described by ``record`` from a fresh, unpruned ``model``.
 
     ``model`` must have the architecture the record was made from (built by your own code, e.g.
-    the same factory); a different architecture is a ``ValueError``. ``state_dict`` (optional) is
-    loaded strictly into the pruned model.
+    the same factory); a different architecture is a ``ValueError``. Layers the original pruning gave
+    a bias (``biases_added``) get a zero one here. ``state_dict`` (optional) is loaded strictly into the
+    pruned model: without it the compensated biases stay zero.
     """
     if record.get("format") != FORMAT:
         raise ValueError(f"unknown pruning record format {record.get('format')!r}; expected {FORMAT}")
@@ -48,7 +65,10 @@ def replay(model: nn.Module, record: Mapping[str, Any],
         raise ValueError(f"the model's structure ({found[:12]}) is not the one the record was made from "
                          f"({record['structure'][:12]}); build the same architecture (and leaf_modules)")
     snapshot = ir.snapshot()
-    pruned = ir.prune(labels=[snapshot.label(i) for i in record["labels"]]).model
+    pruned = ir.prune(labels=[snapshot.label(i) for i in record["labels"]], compensate=False).model
+    for target in record.get("biases_added", []):  # filled by the state_dict
+        module = pruned.get_submodule(target)
+        add_to_bias(module, torch.zeros(module.weight.shape[1 if isinstance(module, _ConvTransposeNd) else 0]))
     if state_dict is not None:
         pruned.load_state_dict(state_dict, strict=True)
     return pruned

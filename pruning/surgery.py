@@ -15,6 +15,7 @@ import torch
 from torch import fx, nn
 
 from .channels.propagation import Analysis, tensor_lookup
+from .compensation import add_to_bias
 
 
 class Rewriter:
@@ -78,14 +79,16 @@ def sliced_tensors(root: nn.Module, analysis: Analysis, keep_label: np.ndarray,
 
 
 def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, keep_label: np.ndarray,
-                       inplace: bool) -> fx.GraphModule:
+                       inplace: bool, bias_shifts: dict[str, torch.Tensor] | None = None) -> fx.GraphModule:
     """Return the pruned model as a GraphModule of ``graph``.
 
     ``root`` holds what the graph's targets name: the snapshot's GraphModule, or the model it was
     traced from. Unless ``inplace``, the result shares nothing with ``root`` or ``graph``: only the
     modules and tensors the graph uses are copied (with the sliced tensors in place of the old ones),
     the graph is copied, rewritten, and compiled once into a new GraphModule. With ``inplace`` the
-    tensors of ``root`` are replaced and ``graph`` itself is rewritten.
+    tensors of ``root`` are replaced and ``graph`` itself is rewritten. ``bias_shifts`` (module target
+    -> tensor over its kept output channels) are added to those modules' biases once they are sliced
+    (``pruning.compensation``).
     """
     modules = dict(root.named_modules())
     new_values = sliced_tensors(root, analysis, keep_label, modules)
@@ -100,6 +103,8 @@ def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, kee
         module_of = copies.__getitem__
     for target, rule in analysis.module_rules.items():
         rule.update_module(module_of(target))
+    for target, shift in (bias_shifts or {}).items():
+        add_to_bias(module_of(target), shift)
     rewriter = Rewriter(analysis, keep_label, module_of)
     nodes = {n.name: n for n in graph.nodes}
     changed = False

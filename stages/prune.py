@@ -16,7 +16,8 @@ from stages.training import setup
 
 
 def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, out_dir: Path) -> None:
-    """Prune on CPU; warns when the model cannot be rebuilt from the plain architecture description."""
+    """Prune on CPU (``prune.compensate``: fold the calibration means of removed input channels into the
+    biases); warns when the model cannot be rebuilt from the plain architecture description."""
     setup(params)
     ir = load_pickled(ir_path, PruningIR)
     selection = read_json(labels_path)
@@ -26,9 +27,14 @@ def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, out_di
         raise StageError(f"{labels_path}: label indices {unknown[:5]} are not prunable labels of {ir_path} "
                          "(the files come from different runs: rerun select)")
     labels = [by_index[index] for index in selection["labels"]]
-    pruned = ir.prune(labels=labels)
+    compensate = params.get_bool("prune.compensate")
+    if compensate and ir.snapshot("main").input_means is None:
+        raise StageError(f"{ir_path} has no calibration means to compensate with (it was calibrated by an older "
+                         "version): rerun calibrate, or set 'prune.compensate: false'")
+    pruned = ir.prune(labels=labels, compensate=compensate)
     check_input = load_split(data_dir, "val").tensors[0][:8]
-    architecture = describe_architecture(model_spec(params, read_meta(data_dir)), pruning_record(ir, labels))
+    architecture = describe_architecture(model_spec(params, read_meta(data_dir)),
+                                         pruning_record(ir, labels, compensate=compensate))
     verified = save_bundle(pruned.model, architecture, out_dir, check_input)
     print(f"prune: removed {len(selection['labels'])} labels; weights-only rebuild verified: {verified}")
     if not verified:

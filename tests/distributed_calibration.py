@@ -41,6 +41,7 @@ def run(rank: int, world_size: int, ddp: bool) -> dict[str, object]:
     pruned = ir.prune(labels=global_).model
     return {
         "scores": ir.snapshot().scores,
+        "input_means": ir.snapshot().input_means,
         "uniform": [label.index for label in uniform],
         "global": [label.index for label in global_],
         "pruned": {k: v.detach().clone() for k, v in pruned.state_dict().items()},

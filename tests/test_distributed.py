@@ -56,6 +56,9 @@ def test_ranks_match_one_process_over_the_union(tmp_path: Path, ddp: bool) -> No
     for result in ranks:
         assert torch.equal(result["scores"], ranks[0]["scores"])  # every rank holds the same scores
         torch.testing.assert_close(result["scores"], reference["scores"], rtol=1e-6, atol=0)
+        assert result["input_means"].keys() == reference["input_means"].keys()
+        for name, means in result["input_means"].items():  # what compensation folds into biases
+            torch.testing.assert_close(means, reference["input_means"][name], rtol=1e-9, atol=1e-12)
         assert result["uniform"] == reference["uniform"]
         assert result["global"] == reference["global"]
         assert result["pruned"].keys() == reference["pruned"].keys()

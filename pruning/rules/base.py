@@ -50,6 +50,19 @@ class Rule:
         """
         return None
 
+    def input_channel_dim(self, module: nn.Module, shape: torch.Size) -> int | None:
+        """Module rules of layers that are affine in their input (convolution, linear): the dim of an
+        input of ``shape`` that holds the input channels (the output holds its channels in the same
+        dim), so that pruning can fold the mean of removed input channels into the bias (see
+        :mod:`pruning.compensation`). None (the default): the layer is not compensated."""
+        return None
+
+    def output_shift(self, module: nn.Module, shift: torch.Tensor) -> torch.Tensor:
+        """For a rule with :meth:`input_channel_dim`: the change of each output channel of ``module``
+        (unpruned, away from padded borders) when input channel ``c`` is shifted by the constant
+        ``shift[c]``."""
+        raise NotImplementedError(f"{type(self).__name__} gives an input channel dim but no output_shift")
+
     def call_shape(self, target: Callable | str, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
         """Function and method rules: the output shape of ``target(*args, **kwargs)`` (for a method,
         ``args[0]`` is the tensor it is called on), computed without running it, or None to have the

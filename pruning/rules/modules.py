@@ -62,6 +62,15 @@ class ConvModule(Rule):
             return None
         return (*shape[:-k - 1], m.weight.shape[0], *sizes)
 
+    def input_channel_dim(self, m, shape):
+        return len(shape) - m.weight.dim() + 1
+
+    def output_shift(self, m, shift):
+        kernel = m.weight.detach().flatten(2).sum(-1)  # (out, in / groups): a constant input sees the kernel's sum
+        out, per_group = kernel.shape
+        shift = shift.to(kernel).view(m.groups, 1, per_group)
+        return (kernel.view(m.groups, out // m.groups, per_group) * shift).sum(-1).reshape(out)
+
     def update_module(self, m):
         if m.groups > 1:
             m.groups = m.weight.shape[0] // (m.out_channels // m.groups)
@@ -86,6 +95,12 @@ class ConvTransposeModule(Rule):
             ctx.space.merge(out_ids, ctx.param_axis(f"{node.target}.bias", 0))
         return (None,) * channel_dim + (out_ids,) + (None,) * (len(shape) - channel_dim - 1)
 
+    def input_channel_dim(self, m, shape):
+        return len(shape) - m.weight.dim() + 1 if m.groups == 1 else None
+
+    def output_shift(self, m, shift):
+        return shift.to(m.weight) @ m.weight.detach().flatten(2).sum(-1)  # weight (in, out, k...)
+
     def update_module(self, m):
         m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1]
 
@@ -106,6 +121,12 @@ class LinearModule(Rule):
         if len(shape) == 0 or shape[-1] != m.weight.shape[1]:
             return None
         return (*shape[:-1], m.weight.shape[0])
+
+    def input_channel_dim(self, m, shape):
+        return len(shape) - 1
+
+    def output_shift(self, m, shift):
+        return m.weight.detach() @ shift.to(m.weight)
 
     def update_module(self, m):
         m.out_features, m.in_features = m.weight.shape

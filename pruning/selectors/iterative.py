@@ -34,6 +34,8 @@ class IterativeLabelSelector(LabelSelector):
     reached, and ``ir``'s unchanged weights, because every step's labels are traced back to the labels of
     ``ir`` whose channels they hold. What ``between_steps`` did to the intermediate models (BatchNorm
     statistics) is not carried over: re-estimate BatchNorm after pruning, as before fine-tuning anyway.
+    Intermediate models are pruned without mean compensation (``compensate=False``), so that one prune
+    of the result equals the steps; ``ir.prune`` of the result compensates with ``ir``'s own means.
     With ``steps=1`` this is ``make_selector(target_latency).select(ir)``. Where a pruned model has finer
     labels than ``ir`` (a grouped convolution left with one group prunes per channel), a step keeps only
     what it selects of whole labels of ``ir``, so the steps can then differ from pruning step by step.
@@ -89,7 +91,7 @@ class IterativeLabelSelector(LabelSelector):
             if step == self.steps:
                 break
             before = current.snapshot(name)
-            current, name = current.prune(name, labels=[before.label(i) for i in indices]), "main"
+            current, name = current.prune(name, labels=[before.label(i) for i in indices], compensate=False), "main"
             after = current.snapshot("main")
             back = trace_back(before, indices, after)
             origin = np.where(back >= 0, origin[back], -1)
