@@ -9,8 +9,9 @@ replaces ``x_c`` by its calibration mean instead::
 
 For a channel that is constant on the data (a dead ReLU unit with a positive bias, say) this is exact;
 otherwise it removes the mean part of the error and leaves the part that varies around it. A
-convolution applies the full kernel sum, exact away from zero-padded borders. A layer without a bias
-gets one (its only extra cost is one add per output channel); ``pruning.replay`` records which.
+convolution applies the full kernel sum, exact away from zero-padded borders. Where a layer without a bias
+feeds only a BatchNorm, the shift goes into that norm's running mean (no new parameter); any other layer
+without a bias gets one (``pruning.replay`` records which).
 
 The means are recorded by :class:`pruning.LossAwareCriterion` during calibration (``InputMeans``), over
 every call of each layer in the mode the model is calibrated in (a layer called several times gets one
@@ -106,15 +107,26 @@ class InputMeans:
         return out
 
 
-def bias_shifts(snapshot: "Snapshot", keep_label: np.ndarray) -> dict[str, torch.Tensor]:
-    """Per layer target: what to add to the bias of its kept output channels so that its removed input
-    channels count with their calibration means (only layers that lose input channels)."""
+def plan(snapshot: "Snapshot", keep_label: np.ndarray) -> list[tuple[str, str, torch.Tensor]]:
+    """What compensation adds where, once the model is sliced: ``(module target, attribute, value over the
+    kept output channels)`` for each layer that loses input channels.
+
+    The attribute is the layer's ``bias``, except where the layer has none and its output goes only into a
+    BatchNorm (each called once): that norm's ``running_mean`` takes the shift instead (subtracted, which is
+    the same in eval mode; in train mode a BatchNorm removes any constant shift anyway), so the pruned model
+    gets no new parameter and no extra add.
+    """
     analysis = snapshot.analysis
     keep_id = keep_label[analysis.label_of_id]
     means = snapshot.input_means
-    shifts = {}
+    modules = dict(snapshot._root.named_modules())
+    calls: dict[str, int] = {}
+    for node in snapshot.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    out = []
     for node, module, rule, dim in _compensable(snapshot):
-        in_ids = (analysis.node_ids.get(node.args[0].name) or ())
+        in_ids = analysis.node_ids.get(node.args[0].name) or ()
         in_ids = in_ids[dim] if len(in_ids) > dim else None
         if in_ids is None or keep_id[in_ids].all():
             continue
@@ -127,8 +139,37 @@ def bias_shifts(snapshot: "Snapshot", keep_label: np.ndarray) -> dict[str, torch
         shift = rule.output_shift(module, means[node.target] * removed)
         out_ids = analysis.node_ids.get(node.name) or ()
         out_ids = out_ids[dim] if len(out_ids) > dim else None
-        shifts[node.target] = shift if out_ids is None else shift[torch.from_numpy(keep_id[out_ids])]
-    return shifts
+        if out_ids is not None:
+            shift = shift[torch.from_numpy(keep_id[out_ids])]
+        norm = _sole_batchnorm(node, dim, modules, calls) if module.bias is None else None
+        out.append((node.target, "bias", shift) if norm is None else (norm, "running_mean", -shift))
+    return out
+
+
+def _sole_batchnorm(node: fx.Node, dim: int, modules: dict[str, nn.Module], calls: dict[str, int]) -> str | None:
+    """The target of the BatchNorm that alone takes ``node``'s output over the same channel dim (both
+    called once), or None."""
+    users = list(node.users)
+    if len(users) != 1 or calls[node.target] != 1:
+        return None
+    user = users[0]
+    norm = modules.get(user.target) if user.op == "call_module" else None
+    if (not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.running_mean is None or dim != 1
+            or calls[user.target] != 1 or user.args[:1] != (node,)):
+        return None
+    return user.target
+
+
+def apply(plan: list[tuple[str, str, torch.Tensor]], module_of) -> None:
+    """Add a :func:`plan`'s values to the sliced modules (``module_of(target)``); a layer without a bias
+    that is planned one gets it."""
+    with torch.no_grad():
+        for target, attribute, value in plan:
+            module = module_of(target)
+            if attribute == "bias":
+                add_to_bias(module, value)
+            else:
+                getattr(module, attribute).add_(value.to(getattr(module, attribute)))
 
 
 def add_to_bias(module: nn.Module, shift: torch.Tensor) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import fx, nn
 
 from .channels.propagation import Analysis, Context, ParamSite, get_tensor
-from .compensation import bias_shifts
+from .compensation import plan
 from .labels import Label, check_selection
 from .surgery import prune_graph_module
 from .tracing import record_shapes, trace_graph
@@ -322,7 +322,8 @@ class PruningIR:
 
         ``compensate`` (beyond the vendor API): fold the calibration mean of every removed input channel
         of a convolution or linear layer into that layer's bias (:mod:`pruning.compensation`), so that the
-        pruned model starts closer to the original; a layer without a bias gets one. ``None`` (default):
+        pruned model starts closer to the original; a layer without a bias puts it into the running mean of
+        the BatchNorm it feeds, or else gets a bias. ``None`` (default):
         compensate when the snapshot holds calibration means (``LossAwareCriterion`` records them), else
         prune plainly; ``True``: compensate, a ``ValueError`` if a layer that loses input channels has no
         mean; ``False``: never (the pruned model then equals the original with those channels zeroed).
@@ -339,8 +340,8 @@ class PruningIR:
         keep[indices] = False
         if compensate is None:
             compensate = snapshot.input_means is not None
-        shifts = bias_shifts(snapshot, keep) if compensate else {}  # from the weights before slicing
-        pruned = prune_graph_module(snapshot._root, snapshot.graph, snapshot.analysis, keep, inplace, shifts)
+        compensation = plan(snapshot, keep) if compensate else []  # from the weights before slicing
+        pruned = prune_graph_module(snapshot._root, snapshot.graph, snapshot.analysis, keep, inplace, compensation)
         result = self if inplace else PruningIR.__new__(PruningIR)
         result.leaf_modules = self.leaf_modules
         result.soft_tracing = self.soft_tracing

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvTransposeNd
 
-from .compensation import add_to_bias, bias_shifts
+from .compensation import add_to_bias, plan
 from .ir import Label, PruningIR, fingerprint
 from .labels import check_selection
 
@@ -36,7 +36,8 @@ def pruning_record(ir: PruningIR, labels: Sequence[Label], compensate: bool | No
         keep = np.ones(snapshot.num_labels, dtype=bool)
         keep[indices] = False
         modules = dict(snapshot.model.named_modules())
-        added = sorted(target for target in bias_shifts(snapshot, keep) if modules[target].bias is None)
+        added = sorted(target for target, attribute, _ in plan(snapshot, keep)
+                       if attribute == "bias" and modules[target].bias is None)
     return {
         "format": FORMAT,
         "structure": fingerprint(snapshot.model, values=False),

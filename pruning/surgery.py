@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 
 from .channels.propagation import Analysis, tensor_lookup
-from .compensation import add_to_bias
+from .compensation import apply as apply_compensation
 
 
 class Rewriter:
@@ -79,16 +79,16 @@ def sliced_tensors(root: nn.Module, analysis: Analysis, keep_label: np.ndarray,
 
 
 def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, keep_label: np.ndarray,
-                       inplace: bool, bias_shifts: dict[str, torch.Tensor] | None = None) -> fx.GraphModule:
+                       inplace: bool, compensation: list[tuple[str, str, torch.Tensor]] | None = None
+                       ) -> fx.GraphModule:
     """Return the pruned model as a GraphModule of ``graph``.
 
     ``root`` holds what the graph's targets name: the snapshot's GraphModule, or the model it was
     traced from. Unless ``inplace``, the result shares nothing with ``root`` or ``graph``: only the
     modules and tensors the graph uses are copied (with the sliced tensors in place of the old ones),
     the graph is copied, rewritten, and compiled once into a new GraphModule. With ``inplace`` the
-    tensors of ``root`` are replaced and ``graph`` itself is rewritten. ``bias_shifts`` (module target
-    -> tensor over its kept output channels) are added to those modules' biases once they are sliced
-    (``pruning.compensation``).
+    tensors of ``root`` are replaced and ``graph`` itself is rewritten. ``compensation`` (a
+    ``pruning.compensation.plan``) is added to the modules once they are sliced.
     """
     modules = dict(root.named_modules())
     new_values = sliced_tensors(root, analysis, keep_label, modules)
@@ -103,8 +103,7 @@ def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, kee
         module_of = copies.__getitem__
     for target, rule in analysis.module_rules.items():
         rule.update_module(module_of(target))
-    for target, shift in (bias_shifts or {}).items():
-        add_to_bias(module_of(target), shift)
+    apply_compensation(compensation or [], module_of)
     rewriter = Rewriter(analysis, keep_label, module_of)
     nodes = {n.name: n for n in graph.nodes}
     changed = False

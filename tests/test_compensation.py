@@ -28,21 +28,26 @@ def calibrate(ir: PruningIR, batches: list[torch.Tensor], train: bool = False) -
 
 class ConstantUnits(nn.Module):
     """Hidden units 0-3 of each layer have zero incoming weights and a positive bias: after the ReLU they
-    are constants that the next layer still adds in."""
+    are constants that the next layer still adds in. ``consumer``: conv2 has a bias ('bias'), none
+    ('no_bias'), or none and feeds a BatchNorm ('batchnorm')."""
 
-    def __init__(self, conv_consumer_bias: bool) -> None:
+    def __init__(self, consumer: str) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 1)
-        self.conv2 = nn.Conv2d(8, 6, 3, padding=0, bias=conv_consumer_bias)  # no padding: exact everywhere
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=0, bias=consumer == "bias")  # no padding: exact everywhere
+        self.norm = nn.BatchNorm2d(6) if consumer == "batchnorm" else nn.Identity()
         self.fc1 = nn.Linear(6, 16)
         self.fc2 = nn.Linear(16, 5)
         with torch.no_grad():
             for layer in (self.conv1, self.fc1):
                 layer.weight[:4] = 0
                 layer.bias[:4] = torch.linspace(0.5, 2.0, 4)
+            if consumer == "batchnorm":
+                self.norm.running_mean.uniform_(-1, 1)
+                self.norm.running_var.uniform_(0.5, 2)
 
     def forward(self, x):
-        x = self.conv2(F.relu(self.conv1(x)))
+        x = self.norm(self.conv2(F.relu(self.conv1(x))))
         return self.fc2(F.relu(self.fc1(x.mean((2, 3)))))
 
 
@@ -54,10 +59,10 @@ def constant_labels(ir: PruningIR) -> list:
             for dim, index in dim_index if dim == 0 and index[0] < 4]
 
 
-@pytest.mark.parametrize("conv_consumer_bias", [True, False])
-def test_removing_constant_channels_leaves_outputs_unchanged(conv_consumer_bias):
+@pytest.mark.parametrize("consumer", ["bias", "no_bias", "batchnorm"])
+def test_removing_constant_channels_leaves_outputs_unchanged(consumer):
     torch.manual_seed(0)
-    model = ConstantUnits(conv_consumer_bias).eval()
+    model = ConstantUnits(consumer).eval()
     x = torch.randn(4, 3, 6, 6)
     ir = PruningIR(model, example_input=x[:1])
     calibrate(ir, [torch.randn(8, 3, 6, 6)])
@@ -70,13 +75,16 @@ def test_removing_constant_channels_leaves_outputs_unchanged(conv_consumer_bias)
         torch.testing.assert_close(compensated(x), want, rtol=0, atol=1e-5)
         assert (plain(x) - want).abs().max() > 0.1  # without it the constants go missing
     assert compensated.conv2.weight.shape[1] == 4 and compensated.fc2.weight.shape[1] == 12
-    assert compensated.conv2.bias is not None  # given one if it had none
-    assert (plain.conv2.bias is None) == (not conv_consumer_bias)
+    # a layer without a bias gets one, unless a BatchNorm's running mean takes the shift
+    assert (compensated.conv2.bias is None) == (consumer == "batchnorm")
+    assert (plain.conv2.bias is None) == (consumer != "bias")
+    if consumer == "batchnorm":
+        assert not torch.equal(compensated.norm.running_mean, plain.norm.running_mean)
 
 
 def test_means_are_the_input_channel_means_over_all_batches():
     torch.manual_seed(0)
-    model = ConstantUnits(False)
+    model = ConstantUnits("no_bias")
     batches = [torch.randn(4, 3, 6, 6), torch.randn(2, 3, 6, 6)]
     ir = PruningIR(model)  # not analysed yet: the first collector call analyses, its batch is counted
     calibrate(ir, batches)
@@ -144,9 +152,10 @@ def test_calibrated_grouped_and_torchvision_models_prune_closer_to_the_original(
         assert near < far, type(model).__name__
 
 
-def test_replay_and_dill_keep_the_compensated_biases(tmp_path):
+@pytest.mark.parametrize("consumer", ["no_bias", "batchnorm"])
+def test_replay_and_dill_keep_the_compensation(consumer, tmp_path):
     torch.manual_seed(0)
-    model = ConstantUnits(False).eval()
+    model = ConstantUnits(consumer).eval()
     x = torch.randn(2, 3, 6, 6)
     ir = PruningIR(model, example_input=x[:1])
     calibrate(ir, [torch.randn(8, 3, 6, 6)])
@@ -157,8 +166,8 @@ def test_replay_and_dill_keep_the_compensated_biases(tmp_path):
     labels = constant_labels(loaded)
     pruned = loaded.prune(labels=labels).model
     record = json.loads(json.dumps(pruning_record(loaded, labels)))
-    assert record["biases_added"] == ["conv2"]
+    assert record["biases_added"] == (["conv2"] if consumer == "no_bias" else [])
     assert pruning_record(loaded, labels, compensate=False)["biases_added"] == []
-    rebuilt = replay(ConstantUnits(False).eval(), record, pruned.state_dict())
+    rebuilt = replay(ConstantUnits(consumer).eval(), record, pruned.state_dict())
     with torch.no_grad():
         assert torch.equal(rebuilt(x), pruned(x))
