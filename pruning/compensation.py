@@ -79,7 +79,11 @@ class InputMeans:
                 return
             dim = rule.input_channel_dim(module, x.shape)
             with torch.no_grad():
-                sums = x.detach().sum(dim=[d for d in range(x.dim()) if d != dim], dtype=torch.float64)
+                # summed in float32 at least (float64 would cost ~8% of a resnet50 calibration step on CPU),
+                # accumulated over batches in float64
+                low = x.dtype in (torch.float16, torch.bfloat16)
+                sums = x.detach().sum(dim=[d for d in range(x.dim()) if d != dim],
+                                      dtype=torch.float32 if low else None).double()
             self.sums[target] = sums if target not in self.sums else self.sums[target] + sums.to(self.sums[target])
             self.counts[target] = self.counts.get(target, 0) + x.numel() // max(x.shape[dim], 1)
 
