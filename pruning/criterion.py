@@ -55,7 +55,8 @@ class LossAwareCriterion:
     On a normal exit ``snapshot.scores`` becomes a float64 CPU tensor ``[num_labels]``, and
     ``snapshot.input_means`` the mean of every input channel of each convolution and linear layer over
     the calibration forwards (what ``ir.prune`` folds into biases for the channels it removes, see
-    :mod:`pruning.compensation`); hooks are always removed. Any mode (train/eval) and device work; the model is not moved.
+    :mod:`pruning.compensation`); hooks are always removed. Any mode (train/eval) and device work; the
+    model is not moved.
 
     Distributed (``torch.distributed`` initialized): every rank runs its own collector over its shard of
     the calibration batches, calling ``collector(x)`` as above. The collector runs the snapshot model

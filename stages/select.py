@@ -36,7 +36,7 @@ _BISECTION_STEPS = 30
 
 
 def _pruned_cost(ir: PruningIR, labels: list, cost: Callable[[nn.Module], float]) -> float:
-    return cost(ir.prune(labels=labels).model)
+    return cost(ir.prune(labels=labels, compensate=False).model)  # the structure's cost: compensation left out
 
 
 def _smallest_meeting_target(

@@ -139,7 +139,8 @@ def test_compensate_true_needs_calibration_and_none_prunes_plainly():
 
 def test_calibrated_grouped_and_torchvision_models_prune_closer_to_the_original():
     """On a trained-looking model mean compensation keeps the pruned outputs nearer the original's."""
-    for model, shape in ((Grouped().eval(), (8, 3, 8, 8)), (torchvision.models.mobilenet_v3_small().eval(), (2, 3, 64, 64))):
+    cases = ((Grouped().eval(), (8, 3, 8, 8)), (torchvision.models.mobilenet_v3_small().eval(), (2, 3, 64, 64)))
+    for model, shape in cases:
         torch.manual_seed(0)
         x = torch.randn(*shape)
         ir = PruningIR(model, example_input=x[:1])
