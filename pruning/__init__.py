@@ -1,11 +1,13 @@
 """Structured (channel) pruning for PyTorch models.
 
-Workflow (the seed API): build a :class:`PruningIR`, collect scores with :class:`LossAwareCriterion`,
-select labels with a label selector, and ``ir.prune(labels=...)``.
+Workflow (the seed API): build a :class:`PruningIR`, collect scores with :class:`LossAwareCriterion`
+(or, without a loss or data, :class:`MagnitudeCriterion`), select labels with a label selector, and
+``ir.prune(labels=...)``.
 """
 from . import latency
 from .criterion import LossAwareCriterion
 from .ir import Label, PruningIR, Snapshot
+from .magnitude import MagnitudeCriterion
 from .selectors import (ChannelsConstraint, GlobalScoreLabelSelector, IterativeLabelSelector,
                         KnapsackLabelSelector, UniformLabelSelector)
 from .tracing import TracingError
@@ -15,6 +17,7 @@ __all__ = [
     "Snapshot",
     "Label",
     "LossAwareCriterion",
+    "MagnitudeCriterion",
     "UniformLabelSelector",
     "GlobalScoreLabelSelector",
     "KnapsackLabelSelector",

@@ -137,8 +137,8 @@ def plan(snapshot: "Snapshot", keep_label: np.ndarray) -> list[tuple[str, str, t
         if means is None or node.target not in means:
             raise ValueError(
                 f"layer '{node.target}' loses input channels but snapshot {snapshot.name!r} has no calibration "
-                "mean for its inputs: calibrate with LossAwareCriterion first (it records them), or prune "
-                "with compensate=False")
+                "mean for its inputs: calibrate with LossAwareCriterion (or call a MagnitudeCriterion on "
+                "inputs) first, or prune with compensate=False")
         removed = torch.from_numpy(~keep_id[in_ids])
         shift = rule.output_shift(module, means[node.target] * removed)
         out_ids = analysis.node_ids.get(node.name) or ()

@@ -32,6 +32,9 @@ from .compensation import InputMeans
 
 __all__ = ["LossAwareCriterion"]
 
+_NO_BACKWARD = ("LossAwareCriterion saw no backward pass: inside the 'with' block compute a loss from the "
+                "collector's output and call loss.backward()")
+
 
 class _Site:
     """One parameter of the snapshot model and the slicings it takes part in.
@@ -45,7 +48,84 @@ class _Site:
         self.slicings: list[tuple[list[int], torch.Tensor]] = []
 
 
-class LossAwareCriterion:
+class Collector:
+    """What every criterion shares: a context manager that runs the snapshot's model, records the input
+    means of its compensable layers (:mod:`pruning.compensation`) and, under ``torch.distributed``, sums
+    what it recorded over the ranks on exit. Subclasses add their hooks and set ``snapshot.scores``."""
+
+    _name = "Collector"
+
+    def __init__(self, ir: Any, snapshot_name: str = "main") -> None:
+        self.ir = ir
+        self.snapshot_name = snapshot_name
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._active = False
+        self._hooked = False
+        self._means: InputMeans | None = None
+
+    def __enter__(self) -> "Collector":
+        if self._active:
+            raise RuntimeError(f"{self._name} is already active; do not nest the same instance")
+        self.snapshot = self.ir.snapshot(self.snapshot_name)
+        self._reset()
+        self._active = True
+        if self.snapshot.analyzed:
+            self._register_hooks()
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the snapshot's model on the inputs and return its output."""
+        if not self._active:
+            raise RuntimeError(f"call the collector inside its 'with {self._name}(ir) as collector:' block")
+        if not self._hooked:  # labels exist only once the snapshot has seen an input
+            self.snapshot.analyze(*args, **kwargs)
+            self._register_hooks()
+        return self.snapshot.run(*args, **kwargs)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            if self._means is not None:
+                self._means.detach()
+                self._means = None
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self._reset()
+            self._active = self._hooked = False
+
+    def _reset(self) -> None:
+        """Forget what the subclass accumulated (on enter and after exit)."""
+
+    def _finish(self) -> None:
+        """On a normal exit: set the snapshot's scores and means (collectively, when distributed)."""
+        raise NotImplementedError
+
+    def _register_hooks(self) -> None:
+        self._means = InputMeans(self.snapshot)
+        self._means.attach()
+        self._hooked = True
+
+    def _reduce(self, head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``head`` (a float64 vector of the subclass's totals) and the input sums (``InputMeans.flat``),
+        each summed over all ranks when a process group is up."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return head, self._means.flat(head.device)
+        nccl = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only; gloo and mixed groups take CPU ones
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        totals = torch.cat([head.to(device), self._means.flat(device)])
+        dist.all_reduce(totals)
+        return totals[:len(head)], totals[len(head):]
+
+
+class LossAwareCriterion(Collector):
     """Context manager that collects group Taylor scores for the labels of one snapshot.
 
     ``with LossAwareCriterion(ir) as collector: out = collector(x); loss_fn(out, y).backward()``.
@@ -70,79 +150,34 @@ class LossAwareCriterion:
     or until ``torchrun`` stops them when that rank's process exits.
     """
 
-    def __init__(self, ir: Any, snapshot_name: str = "main") -> None:
-        self.ir = ir
-        self.snapshot_name = snapshot_name
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+    _name = "LossAwareCriterion"
+
+    def _reset(self) -> None:
         self._batch: dict[torch.device, torch.Tensor] = {}
         self._sum_sq: torch.Tensor | None = None
         self._num_batches = 0
-        self._active = False
-        self._hooked = False
-        self._means: InputMeans | None = None
-
-    def __enter__(self) -> "LossAwareCriterion":
-        if self._active:
-            raise RuntimeError("LossAwareCriterion is already active; do not nest the same instance")
-        self.snapshot = self.ir.snapshot(self.snapshot_name)
-        self._batch, self._sum_sq, self._num_batches = {}, None, 0
-        self._active = True
-        if self.snapshot.analyzed:
-            self._register_hooks()
-        return self
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Close the previous batch, then run the snapshot's model on the inputs and return its output."""
-        if not self._active:
-            raise RuntimeError("call the collector inside its 'with LossAwareCriterion(ir) as collector:' block")
+        if self._active:
+            self._fold_batch()
+        return super().__call__(*args, **kwargs)
+
+    def _finish(self) -> None:
         self._fold_batch()
-        if not self._hooked:  # labels exist only once the snapshot has seen an input
-            self.snapshot.analyze(*args, **kwargs)
-            self._register_hooks()
-        return self.snapshot.run(*args, **kwargs)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if exc_type is None:
-                self._fold_batch()
-                sum_sq, num_batches, means = self._totals() if self._means is not None else (None, 0, None)
-                if num_batches == 0:
-                    raise RuntimeError(
-                        "LossAwareCriterion saw no backward pass: inside the 'with' block compute a loss "
-                        "from the collector's output and call loss.backward()"
-                    )
-                self.snapshot.scores = (sum_sq / num_batches).cpu()
-                self.snapshot.input_means = self._means.means(means)
-        finally:
-            if self._means is not None:
-                self._means.detach()
-                self._means = None
-            for handle in self._handles:
-                handle.remove()
-            self._handles.clear()
-            self._batch, self._sum_sq = {}, None
-            self._active = self._hooked = False
-
-    def _totals(self) -> tuple[torch.Tensor | None, int, torch.Tensor]:
-        """The squared-sum accumulator, the batch count and the input sums (``InputMeans.flat``), summed
-        over all ranks when a process group is up."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return self._sum_sq, self._num_batches, self._means.flat(torch.device("cpu"))
-        nccl = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only; gloo and mixed groups take CPU ones
-        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        if self._means is None:  # never analysed: no labels, no hooks, so no backward either
+            raise RuntimeError(_NO_BACKWARD)
         labels = self.snapshot.num_labels
-        totals = torch.zeros(labels + 1, dtype=torch.float64, device=device)
+        head = torch.zeros(labels + 1, dtype=torch.float64)
         if self._sum_sq is not None:
-            totals[:-1] = self._sum_sq
-        totals[-1] = self._num_batches
-        totals = torch.cat([totals, self._means.flat(device)])
-        dist.all_reduce(totals)
-        return totals[:labels], int(totals[labels].item()), totals[labels + 1:]
+            head[:-1] = self._sum_sq.cpu()
+        head[-1] = self._num_batches
+        head, means = self._reduce(head)
+        num_batches = int(head[-1].item())
+        if num_batches == 0:
+            raise RuntimeError(_NO_BACKWARD)
+        self.snapshot.scores = (head[:-1] / num_batches).cpu()
+        self.snapshot.input_means = self._means.means(means)
 
     def _register_hooks(self) -> None:
         model = self.snapshot.model
@@ -158,9 +193,7 @@ class LossAwareCriterion:
         self._num_labels = self.snapshot.num_labels
         for site in sites.values():
             self._handles.append(site.param.register_hook(self._make_hook(site)))
-        self._means = InputMeans(self.snapshot)
-        self._means.attach()
-        self._hooked = True
+        super()._register_hooks()
 
     def _make_hook(self, site: _Site) -> Callable[[torch.Tensor], None]:
         param = site.param

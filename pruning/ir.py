@@ -324,7 +324,8 @@ class PruningIR:
         of a convolution or linear layer into that layer's bias (:mod:`pruning.compensation`), so that the
         pruned model starts closer to the original; a layer without a bias puts it into the running mean of
         the BatchNorm it feeds, or else gets a bias. ``None`` (default):
-        compensate when the snapshot holds calibration means (``LossAwareCriterion`` records them), else
+        compensate when the snapshot holds calibration means (``LossAwareCriterion`` records them, and
+        ``MagnitudeCriterion`` when it was called on inputs), else
         prune plainly; ``True``: compensate, a ``ValueError`` if a layer that loses input channels has no
         mean; ``False``: never (the pruned model then equals the original with those channels zeroed).
         """

@@ -24,7 +24,8 @@ def snapshot_scores(snapshot: Any) -> np.ndarray:
     if scores is None:
         raise RuntimeError(
             f"snapshot {snapshot.name!r} has no scores: calibrate with LossAwareCriterion first "
-            "(with LossAwareCriterion(ir) as collector: loss_fn(collector(x), y).backward())"
+            "(with LossAwareCriterion(ir) as collector: loss_fn(collector(x), y).backward()), or score "
+            "the weights without data (with MagnitudeCriterion(ir): pass)"
         )
     values = np.asarray(scores.detach().cpu().double() if hasattr(scores, "detach") else scores, dtype=np.float64)
     if values.shape != (snapshot.num_labels,):

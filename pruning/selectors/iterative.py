@@ -27,7 +27,8 @@ class IterativeLabelSelector(LabelSelector):
     the unpruned cost to ``target_latency``; after each step but the last the pruned model goes to
     ``between_steps`` (for example BatchNorm re-estimation, which changes the next scores) and its new IR
     to ``calibrate`` (which must fill its scores, e.g. with :class:`~pruning.LossAwareCriterion` over the
-    same batches as the first calibration).
+    same batches as the first calibration, or :class:`~pruning.MagnitudeCriterion`, whose relative norms
+    change as the layers around a channel lose theirs).
 
     Step 1 uses the scores ``ir`` already has (calibrate it first, as for any selector). The result is a
     list of labels *of ``ir``*: ``ir.prune(labels=...)`` gives in one go the architecture that the steps
