@@ -1,4 +1,8 @@
-"""Stage `calibrate`: label scores with `LossAwareCriterion` over N training batches; saves the scored IR.
+"""Stage `calibrate`: label scores over N training batches; saves the scored IR.
+
+`calibrate.criterion`: `loss_aware` (`LossAwareCriterion`, cross-entropy gradients) or `magnitude`
+(`MagnitudeCriterion`: relative weight norms; the batches only run forward, for the input means that
+`prune.compensate` folds into biases).
 
 Under `torchrun --nproc_per_node N` each rank scores every N-th of the batches and the criterion all-reduces
 the sums, so the scores equal the one-process scores (up to float rounding); rank 0 saves the IR.
@@ -15,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pruning import PruningIR
-from pruning.criterion import LossAwareCriterion
+from pruning import LossAwareCriterion, MagnitudeCriterion
 from stages.artifacts import load_pickled, save_pickled
 from stages.data import load_split, make_loader
 from stages.distributed import barrier, is_main, process_group, rank, shard, world_size
@@ -41,17 +45,26 @@ def calibration_batches(params: Params, data_dir: Path, seed: int) -> Iterator[t
     return _batches(loader, params.get_int("calibrate.batches", min=1))
 
 
+CRITERIA = ("loss_aware", "magnitude")
+
+
 def score(ir: PruningIR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, mode: str,
-          total: int | None = None) -> None:
-    """Fill ``ir``'s scores with `LossAwareCriterion` (cross-entropy) over `batches`, the model in `mode`
+          total: int | None = None, criterion: str = "loss_aware") -> None:
+    """Fill ``ir``'s scores with `criterion` over `batches` (``loss_aware``: cross-entropy gradients;
+    ``magnitude``: weight norms, the batches run forward for the input means), the model in `mode`
     (train|eval); BatchNorm statistics and every other buffer are restored, the model ends on CPU in eval mode."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     model = ir.snapshot("main").model.to(device)
     buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     model.train(mode == "train")
     loss_fn = nn.CrossEntropyLoss()
-    with LossAwareCriterion(ir) as collector:
+    loss_aware = criterion == "loss_aware"
+    with (LossAwareCriterion if loss_aware else MagnitudeCriterion)(ir) as collector:
         for x, y in tqdm(batches, total=total, desc="calibrate", unit="batch", leave=False, disable=not is_main()):
-            loss_fn(collector(x.to(device)), y.to(device)).backward()
+            out = collector(x.to(device))
+            if loss_aware:
+                loss_fn(out, y.to(device)).backward()
     with torch.no_grad():
         for name, buffer in model.named_buffers():
             buffer.copy_(buffers[name])
@@ -70,10 +83,11 @@ def _calibrate(params: Params, seed: int, device: torch.device, data_dir: Path, 
     count = params.get_int("calibrate.batches", min=1)
     split = params.get_str("calibrate.split", choices=("train", "val"))
     mode = params.get_str("calibrate.mode", choices=("train", "eval"))
+    criterion = params.get_str("calibrate.criterion", choices=CRITERIA)
     ir = load_pickled(ir_path, PruningIR)
     score(ir, shard(calibration_batches(params, data_dir, seed)), device, mode,
-          total=len(range(rank(), count, world_size())))
+          total=len(range(rank(), count, world_size())), criterion=criterion)
     if is_main():
-        print(f"calibrate: {count} {split} batches in {mode} mode")
+        print(f"calibrate: {criterion} scores, {count} {split} batches in {mode} mode")
         save_pickled(ir, out_path)
     barrier()

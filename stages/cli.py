@@ -91,7 +91,7 @@ def trace(**_: Any) -> None:
 @_opt("out_path", CALIBRATED, "The IR with label scores.")
 @_stage("calibrate")
 def calibrate(**_: Any) -> None:
-    """Score the labels with LossAwareCriterion over `calibrate.batches` batches."""
+    """Score the labels (`calibrate.criterion`: loss_aware or magnitude) over `calibrate.batches` batches."""
 
 
 @cli.command()

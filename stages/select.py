@@ -23,7 +23,7 @@ from pruning import PruningIR
 from pruning.selectors import (ChannelsConstraint, GlobalScoreLabelSelector, IterativeLabelSelector,
                                KnapsackLabelSelector, LabelSelector, UniformLabelSelector)
 from stages.artifacts import load_pickled, write_json, write_text
-from stages.calibrate import calibration_batches, score
+from stages.calibrate import CRITERIA, calibration_batches, score
 from stages.costs import COST_FUNCTIONS, cost_function
 from stages.data import load_split, make_loader
 from stages.errors import StageError
@@ -145,9 +145,11 @@ def _select_in_steps(ir: PruningIR, params: Params, method: str, cost: Callable[
             raise StageError(f"params.yaml: 'select.steps' = {steps} works to 'select.target', but '{key}' is set: "
                              f"set '{key}: null' (or 'select.steps: 1')")
     mode = params.get_str("calibrate.mode", choices=("train", "eval"))
+    criterion = params.get_str("calibrate.criterion", choices=CRITERIA)
     batches = list(calibration_batches(params, data_dir, seed))
     selector = IterativeLabelSelector(lambda budget: _Step(params, method, cost, budget), target, cost,
-                                      lambda step_ir: score(step_ir, batches, device, mode), steps=steps,
+                                      lambda step_ir: score(step_ir, batches, device, mode, criterion=criterion),
+                                      steps=steps,
                                       between_steps=batchnorm_reestimation(params, data_dir, seed, device))
     try:
         return selector.select(ir)

@@ -10,7 +10,9 @@ import pytest
 import torch
 import yaml
 
+from pruning import PruningIR
 from stages import calibrate, finetune, prepare, prune, select, trace, train
+from stages.artifacts import load_pickled
 from stages.bundle import load_bundle
 from stages.errors import StageError
 from stages.params import Params
@@ -133,3 +135,23 @@ def test_labels_from_another_run_are_refused(calibrated, tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps({"labels": [10_000]}))
     with pytest.raises(StageError, match=r"label indices \[10000\] are not prunable labels"):
         prune.run(_params(), calibrated / "data", calibrated / "ir_calibrated.pt", tmp_path / "labels.json", tmp_path / "p")
+
+
+def test_magnitude_criterion_runs_the_stages(calibrated, tmp_path):
+    """`calibrate.criterion: magnitude`: relative weight norms (mean 1 per group) and the input means, so the
+    default `prune.compensate: true` works; re-scoring between steps uses the same criterion; a bad name is
+    refused by name."""
+    params = _params(calibrate__criterion="magnitude", select__steps=2)
+    calibrate.run(params, calibrated / "data", calibrated / "ir.pt", tmp_path / "ir_magnitude.pt")
+    ir = load_pickled(tmp_path / "ir_magnitude.pt", PruningIR)
+    snapshot = ir.snapshot()
+    assert snapshot.input_means
+    for group in snapshot.groups:
+        assert float(snapshot.scores[[label.index for label in group]].mean()) == pytest.approx(1.0)
+    select.run(params, calibrated / "data", tmp_path / "ir_magnitude.pt", tmp_path / "labels.json",
+               tmp_path / "summary.md")
+    assert "2 steps (re-scored between steps)" in (tmp_path / "summary.md").read_text()
+    prune.run(params, calibrated / "data", tmp_path / "ir_magnitude.pt", tmp_path / "labels.json", tmp_path / "pruned")
+    with pytest.raises(StageError, match=r"'calibrate.criterion' must be one of 'loss_aware', 'magnitude'"):
+        calibrate.run(_params(calibrate__criterion="l1"), calibrated / "data", calibrated / "ir.pt", tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()
