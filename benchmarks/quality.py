@@ -20,7 +20,8 @@ every method), methods:
   ``pruning.IterativeLabelSelector``, BatchNorm statistics re-estimated over ``select.bn_batches`` training
   batches and the model re-scored on the same calibration batches between steps); then the ``prune``
   stage's pruning (``prune.compensate``: the calibration means of removed input channels folded into the
-  biases, ``pruning.compensation``);
+  biases, ``pruning.compensation``); and uniform (one-shot and in 3 steps) with ``MagnitudeCriterion``
+  (``calibrate.criterion: magnitude``: relative weight norms; the same batches run forward for the means);
 - peer: Torch-Pruning ``MagnitudeImportance`` and ``TaylorImportance`` (loss gradients over the *same*
   calibration batches), per layer (uniform) and global, ratio bisected to meet the same target
   (``benchmarks/peer.py``); and the peer's iterative mode (``iterative_steps=3``) for magnitude uniform and
@@ -70,18 +71,21 @@ from stages.select import _select, _select_in_steps, batchnorm_reestimation  # n
 from stages.training import accuracy, recalibrate_batchnorm, seed_everything, setup, train_epochs  # noqa: E402
 
 STEPS = 3  # the iterative rows: selection steps (ours: select.steps; peer: iterative_steps)
-OURS = (("uniform", 1), ("global", 1), ("knapsack", 1), ("knapsack", STEPS))
+# ours: (selector, steps, criterion)
+OURS = (("uniform", 1, "loss_aware"), ("global", 1, "loss_aware"), ("knapsack", 1, "loss_aware"),
+        ("knapsack", STEPS, "loss_aware"), ("uniform", 1, "magnitude"), ("uniform", STEPS, "magnitude"))
 PEER = (tuple((imp, glob, 1) for imp in peer.IMPORTANCES for glob in (False, True))
         + (("magnitude", False, STEPS), ("taylor", False, STEPS), ("taylor", True, STEPS)))
 CACHE = ROOT / "benchmarks" / ".cache"
 
 
 def method_name(tool: str, method: tuple) -> str:
-    """``ours knapsack (loss-aware)``, ``ours knapsack 3 steps (loss-aware)``, ``TP taylor global 3 steps``..."""
-    steps = f" {method[-1]} steps" if method[-1] > 1 else ""
+    """``ours knapsack (loss-aware)``, ``ours uniform 3 steps (magnitude)``, ``TP taylor global 3 steps``..."""
     if tool == "ours":
-        return f"ours {method[0]}{steps} (loss-aware)"
-    imp, glob, _ = method
+        select, steps, criterion = method
+        return f"ours {select}{f' {steps} steps' if steps > 1 else ''} ({criterion.replace('_', '-')})"
+    imp, glob, steps = method
+    steps = f" {steps} steps" if steps > 1 else ""
     return f"TP {imp} {'global' if glob else 'uniform'}{steps}"
 
 
@@ -97,6 +101,13 @@ def load_params(overrides: dict | None = None) -> Params:
         for part in parents:
             node = node[part]
         node[last] = value
+    return Params(data)
+
+
+def with_criterion(params: Params, criterion: str) -> Params:
+    """``params`` with ``calibrate.criterion`` set (what ``select.steps`` re-scores with)."""
+    data = copy.deepcopy(params.data)
+    data["calibrate"]["criterion"] = criterion
     return Params(data)
 
 
@@ -221,8 +232,11 @@ def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, d
     batches = calibration_batches(params, data_dir)
     cost = latency.macs(example)
     base_macs = cost(model)
-    ir = PruningIR(copy.deepcopy(model), example_input=example)
-    score(ir, batches, device, "eval")  # as the calibrate stage does (calibrate.mode: eval)
+    irs = {}
+    for criterion in dict.fromkeys(m[2] for m in OURS):
+        irs[criterion] = PruningIR(copy.deepcopy(model), example_input=example)
+        # as the calibrate stage does (calibrate.mode: eval)
+        score(irs[criterion], batches, device, "eval", criterion=criterion)
     between = batchnorm_reestimation(params, data_dir, params.get_int("seed"), device)  # as select.steps does
     rows = [{"model": name, "method": "baseline", "target": 1.0, "macs": base_macs, "pruned_model": model}]
     for target in targets:
@@ -234,10 +248,11 @@ def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, d
             started = time.perf_counter()
             try:
                 if tool == "ours":
-                    select, steps = method
+                    select, steps, criterion = method
+                    ir = irs[criterion]
                     labels = (_select(ir, params, select, cost, budget) if steps == 1 else
-                              _select_in_steps(ir, params, select, cost, budget, steps, data_dir,
-                                               params.get_int("seed"), device))
+                              _select_in_steps(ir, with_criterion(params, criterion), select, cost, budget, steps,
+                                               data_dir, params.get_int("seed"), device))
                     row["pruned_model"] = ir.prune(labels=labels, compensate=params.get_bool("prune.compensate")).model
                 else:
                     imp, glob, steps = method

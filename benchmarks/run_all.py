@@ -264,7 +264,7 @@ def quality_losses(rows: list[dict]) -> list[str]:
             if best_ours[key] < best_peer[key]:
                 losses.append(f"quality: **{model} at {target:.0%} MACs, {what}**: our best {best_ours[key]:.3f} "
                               f"({best_ours['method']}) < {best_peer[key]:.3f} ({best_peer['method']})"
-                              + _significance(best_ours, best_peer, key))
+                              + _significance(best_ours, best_peer, key, pooled_seed_sd(rows, model, key)))
     methods = list(dict.fromkeys(r["method"] for r in rows if r.get("tool") == "ours"))
     for method in methods:
         for key, what, _ in quality_part.COMPARED:
@@ -284,16 +284,34 @@ def quality_losses(rows: list[dict]) -> list[str]:
     return losses
 
 
-def _significance(ours: dict, peer: dict, key: str) -> str:
-    """How large a gap in accuracy is: in test images, and whether the seeds' ranges overlap."""
+def pooled_seed_sd(rows: list[dict], model: str, key: str) -> float | None:
+    """The seed-to-seed standard deviation of ``key`` pooled over every row of ``model`` with several seeds
+    (one row's two or three seeds alone say little about its spread)."""
+    squares, dof = 0.0, 0
+    for r in rows:
+        seeds = r.get(f"{key}_seeds") or []
+        if r["model"] == model and len(seeds) > 1:
+            squares += statistics.variance(seeds) * (len(seeds) - 1)
+            dof += len(seeds) - 1
+    return (squares / dof) ** 0.5 if dof else None
+
+
+def _significance(ours: dict, peer: dict, key: str, sd: float | None = None) -> str:
+    """How large a gap in accuracy is: in test images, whether the seeds' ranges overlap, and in standard
+    errors of the difference of the two means when the pooled seed SD ``sd`` is given."""
     parts = []
     if "test_images" in ours:
         parts.append(f"mean gap {(peer[key] - ours[key]) * ours['test_images']:.1f} of {ours['test_images']} test images")
     seeds = f"{key}_seeds"
-    if len(ours.get(seeds, [])) > 1 and len(peer.get(seeds, [])) > 1:
+    n, m = len(ours.get(seeds, [])), len(peer.get(seeds, []))
+    if n > 1 and m > 1:
         overlap = max(ours[seeds]) >= min(peer[seeds])
-        parts.append(f"{len(ours[seeds])} seeds each, ranges {min(ours[seeds]):.3f}-{max(ours[seeds]):.3f} vs "
+        parts.append(f"{n} seeds each, ranges {min(ours[seeds]):.3f}-{max(ours[seeds]):.3f} vs "
                      f"{min(peer[seeds]):.3f}-{max(peer[seeds]):.3f}" + (" overlap" if overlap else " do not overlap"))
+        if sd:
+            error = sd * (1 / n + 1 / m) ** 0.5
+            parts.append(f"{(peer[key] - ours[key]) / error:.1f} standard errors (seed SD {sd:.4f} pooled over "
+                         "the model's rows)")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
