@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from models import Residual
 from torch.nn.parallel import DistributedDataParallel
 
-from pruning import GlobalScoreLabelSelector, PruningIR, UniformLabelSelector
-from pruning.criterion import LossAwareCriterion
+from pruning import GlobalScoreLabelSelector, LossAwareCriterion, MagnitudeCriterion, PruningIR, UniformLabelSelector
 
 NUM_BATCHES = 6
 
@@ -26,16 +25,20 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(NUM_BATCHES)]
 
 
-def run(rank: int, world_size: int, ddp: bool) -> dict[str, object]:
-    """Calibrate on batches rank, rank + world_size, ...; returns scores, both selections, pruned weights."""
+def run(rank: int, world_size: int, ddp: bool, criterion: str = "loss_aware") -> dict[str, object]:
+    """Calibrate on batches rank, rank + world_size, ...; returns scores, both selections, pruned weights.
+    ``criterion``: ``loss_aware`` (forward and backward) or ``magnitude`` (forward only: the means)."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     ir = PruningIR(Residual().eval(), example_input=torch.randn(2, 3, 8, 8))  # eval: no BatchNorm stats drift
     if ddp:  # DDP is optional: the collector runs the snapshot model; the wrapper only shares its parameters
         DistributedDataParallel(ir.snapshot().model)
-    with LossAwareCriterion(ir) as collector:
+    loss_aware = criterion == "loss_aware"
+    with (LossAwareCriterion if loss_aware else MagnitudeCriterion)(ir) as collector:
         for x, y in batches()[rank::world_size]:
-            F.cross_entropy(collector(x), y).backward()
+            out = collector(x)
+            if loss_aware:
+                F.cross_entropy(out, y).backward()
     uniform = UniformLabelSelector(0.5).select(ir)
     global_ = GlobalScoreLabelSelector(0.5).select(ir)
     pruned = ir.prune(labels=global_).model
@@ -52,11 +55,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--ddp", action="store_true")
+    parser.add_argument("--criterion", default="loss_aware", choices=("loss_aware", "magnitude"))
     args = parser.parse_args()
     dist.init_process_group("gloo")
     try:
         rank = dist.get_rank()
-        torch.save(run(rank, dist.get_world_size(), args.ddp), args.out_dir / f"rank{rank}.pt")
+        torch.save(run(rank, dist.get_world_size(), args.ddp, args.criterion), args.out_dir / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 

@@ -1,5 +1,6 @@
-"""LossAwareCriterion under torch.distributed: 2 gloo ranks on CPU calibrate one shard each and end with the
-scores of one process over the union, the same selections and the same pruned model."""
+"""LossAwareCriterion (and MagnitudeCriterion's means) under torch.distributed: 2 gloo ranks on CPU calibrate
+one shard each and end with the scores of one process over the union, the same selections and the same
+pruned model."""
 from __future__ import annotations
 
 import os
@@ -31,12 +32,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out_dir: Path, ddp: bool) -> list[dict]:
+def launch(out_dir: Path, ddp: bool, criterion: str = "loss_aware") -> list[dict]:
     """Start WORLD_SIZE rank processes (env:// rendezvous on a free port); return each rank's results."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(WORLD_SIZE),
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]))
     script = Path(__file__).with_name("distributed_calibration.py")
-    args = [sys.executable, str(script), "--out-dir", str(out_dir)] + (["--ddp"] if ddp else [])
+    args = [sys.executable, str(script), "--out-dir", str(out_dir), "--criterion", criterion] + (["--ddp"] if ddp else [])
     procs = [subprocess.Popen(args, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stderr=subprocess.PIPE, text=True)
              for r in range(WORLD_SIZE)]
     try:
@@ -49,10 +50,11 @@ def launch(out_dir: Path, ddp: bool) -> list[dict]:
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
 
 
-@pytest.mark.parametrize("ddp", [False, True], ids=["plain", "ddp"])
-def test_ranks_match_one_process_over_the_union(tmp_path: Path, ddp: bool) -> None:
-    reference = run(rank=0, world_size=1, ddp=False)
-    ranks = launch(tmp_path, ddp)
+@pytest.mark.parametrize("ddp, criterion", [(False, "loss_aware"), (True, "loss_aware"), (False, "magnitude")],
+                         ids=["plain", "ddp", "magnitude"])
+def test_ranks_match_one_process_over_the_union(tmp_path: Path, ddp: bool, criterion: str) -> None:
+    reference = run(rank=0, world_size=1, ddp=False, criterion=criterion)
+    ranks = launch(tmp_path, ddp, criterion)
     for result in ranks:
         assert torch.equal(result["scores"], ranks[0]["scores"])  # every rank holds the same scores
         torch.testing.assert_close(result["scores"], reference["scores"], rtol=1e-6, atol=0)
