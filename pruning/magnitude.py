@@ -10,6 +10,10 @@ normalisation after a layer set their scale), so ``GlobalScoreLabelSelector`` an
 ``KnapsackLabelSelector`` compare how weak a channel is *within its layer*; ``UniformLabelSelector``
 ranks within groups only and sees the same order as with raw norms. Loss-aware scores
 (:class:`~pruning.LossAwareCriterion`) are the ones that compare layers by what their removal costs.
+Pair it with the uniform (or global) selector: the knapsack trades a channel's score against its cost, and
+relative norms carry no cost information, so it can empty a layer (Fashion-MNIST, the benchmark's wide
+model at 30% of its MACs: the knapsack kept 4 of the stem's 64 channels and fine-tuned to 0.898, global
+0.919, uniform 0.920).
 
 The criterion needs no loss and no data: on an analysed IR (``PruningIR(model, example_input=x)``) an
 empty ``with MagnitudeCriterion(ir): pass`` scores it. Forward passes through the collector (no backward)

@@ -18,13 +18,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pruning import PruningIR
-from pruning import LossAwareCriterion, MagnitudeCriterion
+from pruning import LossAwareCriterion, MagnitudeCriterion, PruningIR
 from stages.artifacts import load_pickled, save_pickled
 from stages.data import load_split, make_loader
 from stages.distributed import barrier, is_main, process_group, rank, shard, world_size
 from stages.params import Params
 from stages.training import setup
+
+CRITERIA = ("loss_aware", "magnitude")  # calibrate.criterion
 
 
 def _batches(loader: DataLoader, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -43,9 +44,6 @@ def calibration_batches(params: Params, data_dir: Path, seed: int) -> Iterator[t
     split = params.get_str("calibrate.split", choices=("train", "val"))
     loader = make_loader(load_split(data_dir, split), params.get_int("data.batch_size", min=1), shuffle=True, seed=seed)
     return _batches(loader, params.get_int("calibrate.batches", min=1))
-
-
-CRITERIA = ("loss_aware", "magnitude")
 
 
 def score(ir: PruningIR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, mode: str,
