@@ -53,8 +53,6 @@ class Collector:
     means of its compensable layers (:mod:`pruning.compensation`) and, under ``torch.distributed``, sums
     what it recorded over the ranks on exit. Subclasses add their hooks and set ``snapshot.scores``."""
 
-    _name = "Collector"
-
     def __init__(self, ir: Any, snapshot_name: str = "main") -> None:
         self.ir = ir
         self.snapshot_name = snapshot_name
@@ -65,7 +63,7 @@ class Collector:
 
     def __enter__(self) -> "Collector":
         if self._active:
-            raise RuntimeError(f"{self._name} is already active; do not nest the same instance")
+            raise RuntimeError(f"{type(self).__name__} is already active; do not nest the same instance")
         self.snapshot = self.ir.snapshot(self.snapshot_name)
         self._reset()
         self._active = True
@@ -76,7 +74,7 @@ class Collector:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the snapshot's model on the inputs and return its output."""
         if not self._active:
-            raise RuntimeError(f"call the collector inside its 'with {self._name}(ir) as collector:' block")
+            raise RuntimeError(f"call the collector inside its 'with {type(self).__name__}(ir) as collector:' block")
         if not self._hooked:  # labels exist only once the snapshot has seen an input
             self.snapshot.analyze(*args, **kwargs)
             self._register_hooks()
@@ -149,8 +147,6 @@ class LossAwareCriterion(Collector):
     skips it and re-raises; the other ranks then wait in the all-reduce until the process group's timeout,
     or until ``torchrun`` stops them when that rank's process exits.
     """
-
-    _name = "LossAwareCriterion"
 
     def _reset(self) -> None:
         self._batch: dict[torch.device, torch.Tensor] = {}

@@ -68,8 +68,6 @@ class MagnitudeCriterion(Collector):
     as with :class:`~pruning.LossAwareCriterion`.
     """
 
-    _name = "MagnitudeCriterion"
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with torch.no_grad():
             return super().__call__(*args, **kwargs)
