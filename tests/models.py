@@ -137,6 +137,35 @@ class SDPA(nn.Module):
         return self.out(y)
 
 
+class EinsumAttention(nn.Module):
+    """Attention and a channel mix written with einsum: q and k features are contracted together, v's
+    reach the output; a '...' operand and a parameter operand (its rows follow the features)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(12, 16), nn.Linear(12, 16), nn.Linear(12, 20)
+        self.mix = nn.Parameter(torch.randn(20, 24) / 20 ** 0.5)
+        self.head = nn.Linear(24, 6)
+
+    def forward(self, x):  # x: (batch, tokens, 12)
+        attn = torch.einsum("bid,bjd->bij", self.q(x), self.k(x)).mul(0.25).softmax(-1)
+        y = torch.einsum("bij,bjd->bid", attn, self.v(x))
+        return self.head(torch.einsum("...d,de->...e", F.gelu(y), self.mix))
+
+
+class FunctionalPReLU(nn.Module):
+    """F.prelu with a per-channel slope parameter and with one shared slope made in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 1)
+        self.slope = nn.Parameter(torch.full((8,), 0.2))
+
+    def forward(self, x):
+        x = F.prelu(self.conv1(x), self.slope)
+        return self.conv3(F.prelu(self.conv2(x), torch.tensor([0.1])))
+
+
 class FlattenLinear(nn.Module):
     """A flatten of (C, H, W) into a linear layer: each channel owns H*W input columns."""
 
@@ -188,8 +217,9 @@ class SqueezeExcite(nn.Module):
         return self.head((x * s).mean((2, 3)))
 
 
-IMAGE_MODELS = [Residual, Concat, SplitChunk, Shuffle, Grouped, FlattenLinear, ChannelsLast, SqueezeExcite]
-TOKEN_MODELS = {Attention: (2, 5, 12), SDPA: (2, 5, 16)}
+IMAGE_MODELS = [Residual, Concat, SplitChunk, Shuffle, Grouped, FlattenLinear, ChannelsLast, SqueezeExcite,
+                FunctionalPReLU]
+TOKEN_MODELS = {Attention: (2, 5, 12), SDPA: (2, 5, 16), EinsumAttention: (2, 5, 12)}
 
 
 class TorchAttention(nn.Module):

@@ -553,6 +553,93 @@ class MatMul(Rule):
         return batch + (va[-2], vb[-1])
 
 
+@register(torch.einsum)
+class Einsum(Rule):
+    """``torch.einsum(equation, *operands)``, read from its subscripts: every dim that shares a
+    letter (across operands and the output) is pruned together, as by a broadcasting elementwise op
+    or, for a letter summed over by two or more operands, as by matmul's contracted dim.
+
+    Blocked: a letter repeated within one operand (a diagonal), a letter summed over inside a
+    single operand (a reduction would change), any dim an untracked full-size dim shares a letter
+    with, and every operand of the sublist form ``einsum(a, [0, 1], b, [1, 2])``.
+    """
+
+    def propagate(self, ctx, node):
+        operands = _einsum_operands(node)
+        letters = None if operands is None else \
+            _einsum_letters(node.args[0], [len(ctx.shape(op)) for op in operands])
+        if letters is None:
+            for value in ctx.input_values(node):
+                ctx.block_value(value)
+            return ctx.untracked(ctx.shape(node))
+        inputs, output = letters
+        dims: dict[str, list[tuple[int, Any, int]]] = {}
+        for k, (subs, op) in enumerate(zip(inputs, operands)):
+            value, shape = ctx.value(op) or (None,) * len(ctx.shape(op)), ctx.shape(op)
+            for d, letter in enumerate(subs):
+                dims.setdefault(letter, []).append((k, value[d], shape[d]))
+        out_shape = ctx.shape(node)
+        out = []
+        for letter, found in dims.items():
+            diagonal = len({k for k, _, _ in found}) < len(found)
+            if letter in output:
+                size = out_shape[output.index(letter)]
+            elif len(found) > 1 and not diagonal:
+                size = max(s for _, _, s in found)
+            else:
+                size = None  # a diagonal or a one-operand sum: nothing may be pruned
+            carriers = [ids for _, ids, s in found if s == size and ids is not None]
+            untracked = size is None or any(ids is None and s == size for _, ids, s in found)
+            for _, ids, s in found:
+                if ids is not None and (s != size or untracked or diagonal):
+                    ctx.space.block(ids)
+            if untracked or diagonal or not carriers:
+                continue
+            for ids in carriers[1:]:
+                ctx.space.merge(carriers[0], ids)
+            if letter in output:
+                out.append((output.index(letter), carriers[0]))
+        result = [None] * len(output)
+        for position, ids in out:
+            result[position] = ids
+        return tuple(result)
+
+
+def _einsum_operands(node: fx.Node) -> list | None:
+    """The tensor operands of an einsum call (given one by one or as one list); None for the sublist
+    form."""
+    if not isinstance(node.args[0], str):
+        return None
+    rest = node.args[1:]
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+        rest = rest[0]
+    return list(rest) if all(isinstance(a, fx.Node) for a in rest) else None
+
+
+def _einsum_letters(equation: str, ranks: list[int]) -> tuple[list[str], str] | None:
+    """Per-operand and output subscripts of operands of ``ranks`` dims, with '...' spelled out as one
+    letter per broadcast dim (aligned from the right across operands, as einsum broadcasts them);
+    None if they do not match the ranks."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, rhs = equation.partition("->")
+    inputs = lhs.split(",")
+    if len(inputs) != len(ranks) or any(len(subs.replace("...", "")) > rank if "..." in subs else
+                                        len(subs) != rank for subs, rank in zip(inputs, ranks)):
+        return None
+    widths = [rank - len(subs.replace("...", "")) for subs, rank in zip(inputs, ranks)]
+    ellipsis = max([w for subs, w in zip(inputs, widths) if "..." in subs], default=0)
+    spelled = []
+    for subs, width in zip(inputs, widths):
+        before, dots, after = subs.partition("...")
+        spelled.append(before + "".join(chr(0x100 + ellipsis - width + i) for i in range(width if dots else 0)) + after)
+    if not arrow:
+        counts = {c: lhs.count(c) for c in lhs if c.isalpha()}
+        rhs = ("..." if "..." in lhs else "") + "".join(sorted(c for c, n in counts.items() if n == 1))
+    before, dots, after = rhs.partition("...")
+    output = before + "".join(chr(0x100 + i) for i in range(ellipsis if dots else 0)) + after
+    return spelled, output
+
+
 def _contract(ctx, x: np.ndarray | None, y: np.ndarray | None) -> None:
     """Two dims summed over together: prune them together, or not at all if one is fixed."""
     if x is not None and y is not None:
@@ -685,6 +772,22 @@ class BatchNormFn(Rule):
             vp = ctx.value(a) if isinstance(a, fx.Node) else None
             if vp is not None and len(vp) == 1:
                 _contract(ctx, vx[1], vp[0])
+        return vx
+
+
+@register(F.prelu, torch.prelu, "prelu")
+class PReLUFn(Rule):
+    """``F.prelu(x, weight)``: a per-channel slope (dim 1 of x, dim 0 for a 1-D x) is pruned with the
+    channels; a single shared slope leaves them free."""
+
+    def propagate(self, ctx, node):
+        x, w = node.args[0], arg(node, 1, "weight")
+        vx, vw, sw = ctx.value(x), ctx.value(w), ctx.shape(w)
+        if is_size(sw) and sw.numel() == 1:
+            ctx.block_value(vw)
+            return vx
+        dim = 1 if len(ctx.shape(x)) > 1 else 0
+        _contract(ctx, vx[dim], vw[0] if vw else None)
         return vx
 
 

@@ -1,0 +1,117 @@
+"""Rules for einsum and functional PReLU: which parameters prune together, and what stays fixed."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pruning import PruningIR
+from pruning.verify import equivalence_error, perturb
+
+from models import EinsumAttention, FunctionalPReLU
+
+
+def owners(ir: PruningIR) -> list[set[str]]:
+    """For each group: the parameter dims its labels own, as 'name:dim'."""
+    s = ir.snapshot()
+    return [{f"{name}:{dim}" for name, sites in s.slices(group[0]).items() for dim, _ in sites} for group in s.groups]
+
+
+def test_einsum_couples_contracted_features_and_follows_free_ones():
+    ir = PruningIR(EinsumAttention().eval(), example_input=torch.randn(2, 5, 12))
+    assert sorted(map(sorted, owners(ir))) == sorted([
+        ["k.bias:0", "k.weight:0", "q.bias:0", "q.weight:0"],  # contracted by 'd' in bid,bjd->bij
+        ["mix:0", "v.bias:0", "v.weight:0"],                  # v's 'd' passes on, then meets mix's rows
+        ["head.weight:1", "mix:1"],                           # mix's 'e' reaches the head
+    ])
+
+
+class _EinsumNet(nn.Module):
+    """x (2, 6, 3) -> lin0(x), lin1(x) (6 features each) -> operands -> einsum -> head (if any)."""
+
+    def __init__(self, equation, operands, head_in):
+        super().__init__()
+        self.equation, self.operands = equation, operands
+        self.lin0, self.lin1 = nn.Linear(3, 6), nn.Linear(3, 6)
+        self.head = nn.Linear(head_in, 2) if head_in else None
+
+    def forward(self, x):
+        y = torch.einsum(self.equation, *self.operands(self, x))
+        return y if self.head is None else self.head(y)
+
+
+def _both(m, x):
+    return m.lin0(x), m.lin1(x)
+
+
+@pytest.mark.parametrize("equation, operands, head_in, expected", [
+    ("bij,bij->bi", _both, None, [{"lin0", "lin1"}]),     # contracted features prune together
+    ("bij,bik->bjk", _both, 6, [{"lin1", "head"}]),       # lin0's j reaches the model output
+    ("bij,bkj", _both, None, [{"lin0", "lin1"}]),         # implicit output 'ik'
+    ("bii->bi", lambda m, x: (m.lin0(x),), 6, []),        # a diagonal
+    ("bij->bi", lambda m, x: (m.lin0(x),), 6, []),        # a sum inside one operand
+    ("...t,...t->...", lambda m, x: (m.lin0(x).transpose(1, 2), m.lin1(x).transpose(1, 2)), 6,
+     [{"lin0", "lin1", "head"}]),                          # features inside '...' broadcast together
+    ("...t,t->...", lambda m, x: (m.lin0(x).transpose(1, 2), x[0, :, 0]), 6, [{"lin0", "head"}]),
+])
+def test_einsum_prunes_what_its_subscripts_allow(equation, operands, head_in, expected):
+    model = perturb(_EinsumNet(equation, operands, head_in).eval())
+    x = torch.randn(2, 6, 3)
+    if not expected:
+        with pytest.raises(ValueError, match="no prunable channel"):
+            PruningIR(model, example_input=x)
+        return
+    ir = PruningIR(model, example_input=x)
+    assert [{name.split(".")[0] for name in group} for group in owners(ir)] == expected
+    assert equivalence_error(ir, [label for group in ir.snapshot().groups for label in group[::2]], x) < 1e-4
+
+
+def test_einsum_sublist_form_blocks_its_operands():
+    class Sublist(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 6), nn.Linear(3, 6)
+
+        def forward(self, x):
+            return torch.einsum(self.a(x), [0, 1], self.b(x), [0, 1], [0])
+
+    with pytest.raises(ValueError, match="no prunable channel"):
+        PruningIR(Sublist().eval(), example_input=torch.randn(4, 3))
+
+
+def test_einsum_attention_prunes_exactly():
+    model = perturb(EinsumAttention().eval())
+    x = torch.randn(2, 5, 12)
+    ir = PruningIR(model, example_input=x)
+    labels = [label for group in ir.snapshot().groups for label in group[::2]]
+    assert equivalence_error(ir, labels, x) < 1e-4
+    pruned = ir.prune(labels=labels).model
+    assert pruned.q.out_features == pruned.k.out_features == 8 and pruned.v.out_features == 10
+    assert tuple(pruned.mix.shape) == (10, 12)
+
+
+def test_functional_prelu_slope_follows_channels_shared_slope_leaves_them_free():
+    ir = PruningIR(FunctionalPReLU().eval(), example_input=torch.randn(1, 3, 8, 8))
+    groups = owners(ir)
+    assert {"conv1.weight:0", "conv1.bias:0", "slope:0", "conv2.weight:1"} <= next(g for g in groups if "slope:0" in g)
+    assert any("conv2.weight:0" in g and "conv3.weight:1" in g for g in groups)
+    pruned = ir.prune(labels=[g[0] for g in ir.snapshot().groups]).model
+    assert pruned.slope.shape == (7,) and pruned.conv2.out_channels == 7
+    assert pruned(torch.randn(1, 3, 8, 8)).shape == (1, 4, 6, 6)
+
+
+def test_functional_prelu_slope_made_in_forward_is_a_constant_sliced_with_the_channels():
+    class MadeInForward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.out(F.prelu(self.conv(x), torch.linspace(0.1, 0.8, 8)))
+
+    x = torch.randn(1, 3, 4, 4)
+    ir = PruningIR(perturb(MadeInForward().eval()), example_input=x)
+    (group,) = owners(ir)
+    assert "_tensor_constant0:0" in group and "conv.weight:0" in group
+    assert equivalence_error(ir, ir.snapshot().groups[0][::2], x) < 1e-5
