@@ -93,8 +93,11 @@ def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, kee
     modules = dict(root.named_modules())
     new_values = sliced_tensors(root, analysis, keep_label, modules)
     if inplace:
+        replaced = {}
         for name, (old, value) in new_values.items():
-            _set_tensor(root, name, _like(old, value), modules)
+            replaced[id(old)] = _like(old, value)
+            _set_tensor(root, name, replaced[id(old)], modules)
+        _replace_aliases(modules, replaced)
         module_of: Callable[[str], Any] = root.get_submodule
     else:
         memo: dict[int, Any] = {id(old): _like(old, value) for old, value in new_values.values()}
@@ -219,6 +222,15 @@ def _like(old: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     if isinstance(old, nn.Parameter):
         return nn.Parameter(value, requires_grad=old.requires_grad)
     return value
+
+
+def _replace_aliases(modules: dict[str, nn.Module], replaced: dict[int, torch.Tensor]) -> None:
+    """Point every other name of a replaced parameter/buffer (tied weights) at its replacement."""
+    for owner in modules.values():
+        for table in (owner._parameters, owner._buffers):
+            for key, tensor in table.items():
+                if tensor is not None and id(tensor) in replaced:
+                    table[key] = replaced[id(tensor)]
 
 
 def _set_tensor(module: nn.Module, name: str, value: torch.Tensor, modules: dict[str, nn.Module]) -> None:

@@ -265,3 +265,38 @@ def test_string_annotations_do_not_reach_the_generated_code():
     assert Annotated.forward.__annotations__["x"] == "torch.Tensor"
     assert not any(isinstance(node.type, str) for node in ir.model.graph.nodes)
     assert not any(isinstance(value, str) for value in ir.model.graph.python_code("self").globals.values())
+
+
+class TiedEmbedding(nn.Module):
+    """A language-model head that reuses the embedding matrix (weight tying)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(30, 16)
+        self.mid = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 30, bias=False)
+        self.out.weight = self.embed.weight
+
+    def forward(self, tokens):
+        return self.out(torch.relu(self.mid(self.embed(tokens))))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_tied_parameter_dims_are_pruned_together(inplace):
+    # embed.weight[:, j] feeds mid's input j and is also out's weight for mid's output j: the two are
+    # one tensor, so they make one label. Pruned per name, any two selections disagreeing would slice
+    # the shared tensor for one use and leave the other misaligned.
+    torch.manual_seed(0)
+    model = perturb(TiedEmbedding().eval())
+    tokens = torch.randint(0, 30, (2, 7))
+    ir = PruningIR(model, example_input=tokens)
+    (group,) = ir.snapshot().groups
+    assert {name for name in ir.snapshot().slices(group[0])} == {"embed.weight", "mid.weight", "mid.bias"}
+    drop = [group[i] for i in (0, 5, 9)]
+    keep = [j for j in range(16) if j not in (0, 5, 9)]
+    w, mw, mb = (t.detach().clone() for t in (model.embed.weight, model.mid.weight, model.mid.bias))
+    pruned = ir.prune(labels=drop, inplace=inplace).model
+    assert pruned.embed.weight is pruned.out.weight and pruned.embed.weight.shape == (30, 13)
+    assert pruned.out.in_features == pruned.mid.out_features == 13
+    h = torch.relu(torch.nn.functional.linear(w[tokens][..., keep], mw[keep][:, keep], mb[keep]))
+    torch.testing.assert_close(pruned(tokens), h @ w[:, keep].T)

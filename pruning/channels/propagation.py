@@ -65,6 +65,20 @@ def tensor_lookup(module: nn.Module, modules: dict[str, nn.Module] | None = None
     return lambda name: known[name] if name in known else get_tensor(module, name)
 
 
+def tensor_aliases(modules: dict[str, nn.Module]) -> dict[str, str]:
+    """Every qualified parameter/buffer name -> the first name of the same tensor (tied weights, such
+    as an embedding reused by the output layer, are one tensor under several names)."""
+    first: dict[int, str] = {}
+    alias = {}
+    for prefix, owner in modules.items():
+        for table in (owner._parameters, owner._buffers):
+            for name, tensor in table.items():
+                if tensor is not None:
+                    qualified = f"{prefix}.{name}" if prefix else name
+                    alias[qualified] = first.setdefault(id(tensor), qualified)
+    return alias
+
+
 def get_tensor(module: nn.Module, name: str) -> torch.Tensor:
     """The parameter, buffer or tensor attribute at a qualified name."""
     owner, _, attr = name.rpartition(".")
@@ -81,8 +95,9 @@ class Context:
         self.values: dict[fx.Node, Any] = {}
         self._sites: dict[tuple[str, int], np.ndarray] = {}
         self._flow: list[np.ndarray] = []
-        self._modules = dict(root.named_modules())
+        self._modules = dict(root.named_modules(remove_duplicate=False))
         self._tensor = tensor_lookup(root, self._modules)
+        self._alias = tensor_aliases(self._modules)
 
     # --- reading -------------------------------------------------------------------------
     def value(self, a: Any) -> Any:
@@ -124,7 +139,11 @@ class Context:
         ``tied``: ids (one per element of the dim) that this dim is pruned with. On first use they
         become the dim's ids, which saves allocating fresh ids and merging them (most parameter dims
         follow a tensor: norms, biases, a layer's input dim); on later uses they are merged.
+
+        A tensor shared by several names (tied weights) is one site, under its first name, so every
+        use of it prunes the same elements.
         """
+        name = self._alias.get(name, name)
         key = (name, dim)
         if key not in self._sites:
             size = self._tensor(name).shape[dim]
