@@ -92,9 +92,12 @@ class Snapshot:
         self._example = (_detach(args), _detach(kwargs))
         analysis = Context(self._root, self._graph).run()
         if not analysis.prunable.any():
+            opaque = (f"; ops without a rule here: {', '.join(analysis.opaque[:5])}"
+                      f"{f' and {len(analysis.opaque) - 5} more' if len(analysis.opaque) > 5 else ''}"
+                      if analysis.opaque else "")
             raise ValueError(
                 f"{type(self._root).__name__} has no prunable channel: every channel reaches a model "
-                "input or output or an op the IR does not understand (see pruning.rules to add one)")
+                f"input or output or an op the IR does not understand (see pruning.rules to add one){opaque}")
         self._analysis = analysis
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
@@ -158,6 +161,13 @@ class Snapshot:
         Every group must keep at least one label: emptying one would make a dim zero-sized.
         """
         return [[self.label(i) for i in group] for group in self.analysis.groups]
+
+    @property
+    def opaque_ops(self) -> list[str]:
+        """Graph nodes whose op has no rule but received channels, as 'node (op)': every channel that
+        reaches one is unprunable. Register a rule (``pruning.rules.register_rule``) or make the
+        module a leaf with a rule to prune through it."""
+        return list(getattr(self.analysis, "opaque", []))
 
     @property
     def param_sites(self) -> list[ParamSite]:

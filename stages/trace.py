@@ -29,4 +29,7 @@ def run(params: Params, data_dir: Path, baseline_path: Path, out_path: Path) -> 
     if not snapshot.labels:
         raise StageError(f"trace: '{params.get_str('model.name')}' has no prunable channels")
     print(f"trace: {snapshot.num_labels} labels, {len(snapshot.labels)} prunable in {len(snapshot.groups)} groups")
+    if snapshot.opaque_ops:
+        print(f"trace: {len(snapshot.opaque_ops)} ops without a rule keep the channels that reach them: "
+              f"{', '.join(snapshot.opaque_ops)}")
     save_pickled(ir, out_path)

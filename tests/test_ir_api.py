@@ -300,3 +300,39 @@ def test_tied_parameter_dims_are_pruned_together(inplace):
     assert pruned.out.in_features == pruned.mid.out_features == 13
     h = torch.relu(torch.nn.functional.linear(w[tokens][..., keep], mw[keep][:, keep], mb[keep]))
     torch.testing.assert_close(pruned(tokens), h @ w[:, keep].T)
+
+
+def unknown_gate(x):
+    return x * torch.sigmoid(x)
+
+
+torch.fx.wrap("unknown_gate")
+
+
+class HasOpaqueOp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(unknown_gate(self.a(x)))))
+
+
+def test_ops_without_a_rule_are_named():
+    s = PruningIR(HasOpaqueOp(), example_input=torch.randn(1, 3, 4, 4)).snapshot()
+    assert s.opaque_ops == [f"unknown_gate ({__name__}.unknown_gate)"]
+    assert [sorted(s.slices(g[0])) for g in s.groups] == [["b.bias", "b.weight", "head.weight"]]
+    assert PruningIR(Residual(), example_input=torch.randn(1, 3, 8, 8)).snapshot().opaque_ops == []
+
+
+def test_no_prunable_channel_error_names_the_ops_without_a_rule():
+    class OnlyOpaque(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+
+        def forward(self, x):
+            return unknown_gate(self.a(x)).sum()
+
+    with pytest.raises(ValueError, match=r"ops without a rule here: unknown_gate \(.*unknown_gate\)"):
+        PruningIR(OnlyOpaque(), example_input=torch.randn(1, 3, 4, 4))

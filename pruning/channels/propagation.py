@@ -50,6 +50,8 @@ class Analysis:
     shapes: dict[str, Any] = field(repr=False)
     rewrites: list[tuple[str, base.Rule]] = field(repr=False)
     module_rules: dict[str, base.Rule] = field(repr=False)
+    #: Ops without a rule that channels reached (each blocked them), as 'node (op)'.
+    opaque: list[str] = field(default_factory=list)
 
 
 def tensor_lookup(module: nn.Module, modules: dict[str, nn.Module] | None = None) -> Callable[[str], torch.Tensor]:
@@ -95,6 +97,7 @@ class Context:
         self.values: dict[fx.Node, Any] = {}
         self._sites: dict[tuple[str, int], np.ndarray] = {}
         self._flow: list[np.ndarray] = []
+        self._opaque: list[str] = []
         self._modules = dict(root.named_modules(remove_duplicate=False))
         self._tensor = tensor_lookup(root, self._modules)
         self._alias = tensor_aliases(self._modules)
@@ -202,6 +205,8 @@ class Context:
             else:
                 module = self.module(node) if node.op == "call_module" else None
                 rule = base.lookup(node, module)
+                if rule is base.CONSERVATIVE and any(_has_ids(v) for v in self.input_values(node)):
+                    self._opaque.append(f"{node.name} ({_op_name(node, module)})")
                 value = rule.propagate(self, node)
                 if not rule.reads_sizes:
                     for a in base.flatten_args((node.args, node.kwargs)):
@@ -247,7 +252,26 @@ class Context:
         node_ids = {n.name: self.values.get(n) for n in self.graph.nodes}
         shapes = {n.name: n.meta.get("pruning_shape") for n in self.graph.nodes}
         return Analysis(label_of_id, count, prunable, normalized, sites, groups, node_ids, shapes,
-                        rewrites, module_rules)
+                        rewrites, module_rules, self._opaque)
+
+
+def _has_ids(value: Any) -> bool:
+    """True if a value carries any channel ids."""
+    if isinstance(value, np.ndarray):
+        return True
+    if isinstance(value, SizeOf):
+        return bool(value.ids)
+    return isinstance(value, (tuple, list)) and any(_has_ids(v) for v in value)
+
+
+def _op_name(node: fx.Node, module: nn.Module | None) -> str:
+    """What a node calls, as a user would look it up: module class, function or Tensor method."""
+    if module is not None:
+        return f"{type(module).__module__}.{type(module).__qualname__}"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    target = node.target
+    return f"{getattr(target, '__module__', None) or 'builtins'}.{getattr(target, '__qualname__', repr(target))}"
 
 
 def _distinct(arrays: list[np.ndarray]) -> list[np.ndarray]:
