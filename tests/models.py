@@ -166,6 +166,35 @@ class FunctionalPReLU(nn.Module):
         return self.conv3(F.prelu(self.conv2(x), torch.tensor([0.1])))
 
 
+class PixelShuffles(nn.Module):
+    """Space-to-depth and back: pixel_unshuffle spreads a channel over 4, PixelShuffle packs 4 into one;
+    a flip of the channel dim, and max-unpooling with the pooling indices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(24, 16, 1), nn.Conv2d(4, 5, 3, padding=1)
+        self.shuffle, self.pool, self.unpool = nn.PixelShuffle(2), nn.MaxPool2d(2, return_indices=True), nn.MaxUnpool2d(2)
+        self.head = nn.Conv2d(5, 4, 1)
+
+    def forward(self, x):
+        y = self.shuffle(torch.relu(self.b(F.pixel_unshuffle(self.a(x), 2))))
+        y = torch.flip(self.c(y), dims=[1])
+        pooled, indices = self.pool(torch.relu(y))
+        return self.head(self.unpool(pooled, indices))
+
+
+class BilinearHead(nn.Module):
+    """nn.Bilinear on two projections of the tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(12, 10), nn.Linear(12, 8)
+        self.bilinear, self.head = nn.Bilinear(10, 8, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.bilinear(torch.relu(self.a(x)), torch.relu(self.b(x)))))
+
+
 class FlattenLinear(nn.Module):
     """A flatten of (C, H, W) into a linear layer: each channel owns H*W input columns."""
 
@@ -218,8 +247,8 @@ class SqueezeExcite(nn.Module):
 
 
 IMAGE_MODELS = [Residual, Concat, SplitChunk, Shuffle, Grouped, FlattenLinear, ChannelsLast, SqueezeExcite,
-                FunctionalPReLU]
-TOKEN_MODELS = {Attention: (2, 5, 12), SDPA: (2, 5, 16), EinsumAttention: (2, 5, 12)}
+                FunctionalPReLU, PixelShuffles]
+TOKEN_MODELS = {Attention: (2, 5, 12), SDPA: (2, 5, 16), EinsumAttention: (2, 5, 12), BilinearHead: (2, 5, 12)}
 
 
 class TorchAttention(nn.Module):

@@ -7,11 +7,13 @@ values; anything else gets None.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from ..rules import base
@@ -270,7 +272,10 @@ def _op_name(node: fx.Node, module: nn.Module | None) -> str:
         return f"{type(module).__module__}.{type(module).__qualname__}"
     if node.op == "call_method":
         return f"Tensor.{node.target}"
-    target = node.target
+    target, name = node.target, getattr(node.target, "__name__", "")
+    for prefix, namespace in (("torch", torch), ("torch.nn.functional", F), ("operator", operator)):
+        if getattr(namespace, name, None) is target:
+            return f"{prefix}.{name}"
     return f"{getattr(target, '__module__', None) or 'builtins'}.{getattr(target, '__qualname__', repr(target))}"
 
 

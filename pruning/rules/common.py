@@ -147,3 +147,23 @@ def group_norm_channels(ctx, ids: np.ndarray | None, groups: int, affine: list[n
     merge_in_groups(ctx, ids, groups, ids[:: len(ids) // groups])
     for param_ids in affine:
         ctx.space.merge(ids, param_ids)
+
+
+def pixel_shuffle(ctx, value: tuple, factor: int, inverse: bool) -> tuple:
+    """``pixel_shuffle`` (``inverse``: ``pixel_unshuffle``) by ``factor`` on (..., C, H, W).
+
+    Shuffling packs each run of ``factor**2`` channels into one output channel, so the run is one label;
+    unshuffling spreads each channel over ``factor**2`` consecutive output channels, which repeat its
+    id. Channels in H or W are blocked (their size changes).
+    """
+    *lead, ids, h, w = value
+    for spatial_ids in (h, w):
+        if spatial_ids is not None:
+            ctx.space.block(spatial_ids)
+    if ids is None:
+        return (*lead, None, None, None)
+    if inverse:
+        return (*lead, np.repeat(ids, factor * factor), None, None)
+    runs = ids.reshape(-1, factor * factor)
+    ctx.space.merge(runs, np.repeat(runs[:, :1], factor * factor, axis=1))
+    return (*lead, np.ascontiguousarray(runs[:, 0]), None, None)

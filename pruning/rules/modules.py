@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .base import Rule, register
-from .common import group_norm_channels, reshape, spatial
+from .common import group_norm_channels, pixel_shuffle, reshape, spatial
 from .tensor_ops import conv_channels
 
 
@@ -206,7 +206,7 @@ _ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
     nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.LogSigmoid,
     nn.Softsign, nn.Tanhshrink, nn.Threshold, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
-    nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity,
+    nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity, nn.Hardshrink, nn.Softshrink, nn.RReLU,
 )
 try:
     from torchvision.ops import StochasticDepth
@@ -287,6 +287,70 @@ class SpatialModule(Rule):
         k = _SPATIAL_MODULES[type(m)]
         size = (m.output_size,) * k if isinstance(m.output_size, int) else tuple(m.output_size)
         return (*shape[:-k], *(old if new is None else new for old, new in zip(shape[-k:], size)))
+
+
+@register(nn.MaxUnpool1d, nn.MaxUnpool2d, nn.MaxUnpool3d)
+class MaxUnpoolModule(Rule):
+    """Max-unpooling: the values and the pooling indices share channels, which pass on; an
+    ``output_size`` given in the call may hold the channel count, so then they are blocked."""
+
+    def propagate(self, ctx, node):
+        value, shape = _input(ctx, node)
+        indices = ctx.value(node.args[1]) if len(node.args) > 1 else ctx.value(node.kwargs.get("indices"))
+        if len(node.args) > 2 or node.kwargs.get("output_size") is not None or indices is None:
+            ctx.block_value(value)
+            ctx.block_value(indices)
+            return None
+        for a, b in zip(value, indices):
+            if a is not None and b is not None:
+                ctx.space.merge(a, b)
+            elif a is not None or b is not None:
+                ctx.space.block(a if a is not None else b)
+        k = {nn.MaxUnpool1d: 1, nn.MaxUnpool2d: 2, nn.MaxUnpool3d: 3}[type(ctx.module(node))]
+        return spatial(ctx, value, shape, ctx.shape(node), k)
+
+
+@register(nn.PixelShuffle, nn.PixelUnshuffle)
+class PixelShuffleModule(Rule):
+    """PixelShuffle / PixelUnshuffle modules; see ``common.pixel_shuffle``."""
+
+    def propagate(self, ctx, node):
+        m = ctx.module(node)
+        inverse = isinstance(m, nn.PixelUnshuffle)
+        return pixel_shuffle(ctx, _input(ctx, node)[0], m.downscale_factor if inverse else m.upscale_factor, inverse)
+
+
+@register(nn.Softmax2d, nn.LocalResponseNorm, nn.CrossMapLRN2d)
+class AcrossChannels(Rule):
+    """Softmax over channels, local response normalisation: each output mixes its neighbouring (or
+    all) channels, so removing one changes the others: the channel dim (-3) is blocked."""
+
+    def propagate(self, ctx, node):
+        value, shape = _input(ctx, node)
+        dim = len(shape) - 3 if isinstance(ctx.module(node), nn.Softmax2d) else 1
+        if value[dim] is not None:
+            ctx.space.block(value[dim])
+        return value[:dim] + (None,) + value[dim + 1:]
+
+
+@register(nn.Bilinear)
+class BilinearModule(Rule):
+    """``y_k = x1 W_k x2 + b_k``: x1's features are the weight's dim 1, x2's dim 2, outputs dim 0."""
+
+    def propagate(self, ctx, node):
+        name = node.target
+        x1, x2 = ctx.value(node.args[0]), ctx.value(node.args[1])
+        _tie(ctx, x1[-1], f"{name}.weight", 1)
+        _tie(ctx, x2[-1], f"{name}.weight", 2)
+        ctx.block_value(x1[:-1])
+        ctx.block_value(x2[:-1])
+        out_ids = ctx.param_axis(f"{name}.weight", 0)
+        if ctx.module(node).bias is not None:
+            ctx.param_axis(f"{name}.bias", 0, out_ids)
+        return (None,) * (len(x1) - 1) + (out_ids,)
+
+    def update_module(self, m):
+        m.out_features, m.in1_features, m.in2_features = m.weight.shape
 
 
 @register(nn.Flatten, nn.Unflatten)

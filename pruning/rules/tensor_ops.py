@@ -12,7 +12,7 @@ from torch import fx
 
 from .base import Rule, arg, flatten_args, is_size, normalize_dim, register
 from ..channels.values import SizeOf
-from .common import broadcast, group_norm_channels, merge_in_groups, reshape, spatial
+from .common import broadcast, group_norm_channels, merge_in_groups, pixel_shuffle, reshape, spatial
 
 # --------------------------------------------------------------------------------------------
 # Elementwise
@@ -83,7 +83,7 @@ _UNARY_FUNCTIONS = [
     F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.elu, F.selu,
     F.celu, F.leaky_relu, F.mish, F.softplus, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d,
     F.dropout3d, F.alpha_dropout, F.relu_, F.logsigmoid, F.softsign,
-    F.tanhshrink, F.threshold,
+    F.tanhshrink, F.threshold, F.hardshrink, F.softshrink, F.rrelu,
 ]
 _UNARY_METHODS = [
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "exp_", "log", "abs", "neg",
@@ -491,6 +491,38 @@ class AlongDim(Rule):
         if value[dim] is not None:
             ctx.space.block(value[dim])
         return value[:dim] + (None,) + value[dim + 1:]
+
+
+@register(torch.flip, "flip", torch.fliplr, "fliplr", torch.flipud, "flipud")
+class Flip(Rule):
+    """Reversing a dim reverses its channel ids: channels stay prunable, the order follows."""
+
+    def propagate(self, ctx, node):
+        value, nd = ctx.value(node.args[0]), len(ctx.shape(node.args[0]))
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        if name in ("fliplr", "flipud"):
+            dims = [1 if name == "fliplr" else 0]
+        else:
+            dims = arg(node, 1, "dims")
+            dims = list(node.args[1:]) if len(node.args) > 2 else ([dims] if isinstance(dims, int) else dims)
+        if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) for d in dims):
+            ctx.block_value(value)
+            return ctx.untracked(ctx.shape(node))
+        flipped = {normalize_dim(d, nd) for d in dims}
+        return tuple(ids[::-1].copy() if d in flipped and ids is not None else ids for d, ids in enumerate(value))
+
+
+@register(F.pixel_shuffle, F.pixel_unshuffle, "pixel_shuffle", "pixel_unshuffle")
+class PixelShuffleFn(Rule):
+    """``F.pixel_shuffle`` / ``F.pixel_unshuffle``; see ``common.pixel_shuffle``."""
+
+    def propagate(self, ctx, node):
+        name = node.target if isinstance(node.target, str) else node.target.__name__
+        factor = arg(node, 1, "upscale_factor" if name == "pixel_shuffle" else "downscale_factor")
+        if not isinstance(factor, int):
+            ctx.block_value(ctx.value(node.args[0]))
+            return None
+        return pixel_shuffle(ctx, ctx.value(node.args[0]), factor, inverse=name == "pixel_unshuffle")
 
 
 # --------------------------------------------------------------------------------------------

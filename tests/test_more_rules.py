@@ -1,4 +1,5 @@
-"""Rules for einsum and functional PReLU: which parameters prune together, and what stays fixed."""
+"""Rules beyond convolutions and linears: einsum, functional PReLU, pixel (un)shuffle, flip, max-unpooling,
+bilinear layers and ops that mix channels: which parameters prune together, and what stays fixed."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 from pruning import PruningIR
 from pruning.verify import equivalence_error, perturb
 
-from models import EinsumAttention, FunctionalPReLU
+from models import BilinearHead, EinsumAttention, FunctionalPReLU, PixelShuffles
 
 
 def owners(ir: PruningIR) -> list[set[str]]:
@@ -115,3 +116,42 @@ def test_functional_prelu_slope_made_in_forward_is_a_constant_sliced_with_the_ch
     (group,) = owners(ir)
     assert "_tensor_constant0:0" in group and "conv.weight:0" in group
     assert equivalence_error(ir, ir.snapshot().groups[0][::2], x) < 1e-5
+
+
+def _label_owning(snapshot, name: str, dim: int, index: int):
+    return next(label for label in snapshot.labels
+                if any(d == dim and index in idx for d, idx in snapshot.slices(label).get(name, [])))
+
+
+def test_pixel_shuffles_flip_and_unpool_map_channels():
+    ir = PruningIR(PixelShuffles().eval(), example_input=torch.randn(1, 3, 8, 8))
+    s = ir.snapshot()
+    assert s.opaque_ops == []
+    # unshuffle: a's channel 1 becomes b's inputs 4..7
+    assert [idx.tolist() for d, idx in s.slices(_label_owning(s, "a.weight", 0, 1))["b.weight"]] == [[4, 5, 6, 7]]
+    # shuffle: b's outputs 4..7 pack into c's input 1, one label
+    assert [idx.tolist() for d, idx in s.slices(_label_owning(s, "c.weight", 1, 1))["b.weight"] if d == 0] == [[4, 5, 6, 7]]
+    # flip of the channel dim: c's output 0 is the head's input 4
+    assert [idx.tolist() for d, idx in s.slices(_label_owning(s, "c.weight", 0, 0))["head.weight"]] == [[4]]
+    pruned = ir.prune(labels=[group[0] for group in s.groups]).model
+    assert (pruned.b.in_channels, pruned.b.out_channels, pruned.c.in_channels) == (20, 12, 3)
+    assert pruned(torch.randn(1, 3, 8, 8)).shape == (1, 4, 8, 8)
+
+
+def test_bilinear_prunes_both_inputs_and_its_outputs():
+    ir = PruningIR(BilinearHead().eval(), example_input=torch.randn(2, 5, 12))
+    assert sorted(map(sorted, owners(ir))) == sorted([
+        ["a.bias:0", "a.weight:0", "bilinear.weight:1"],
+        ["b.bias:0", "b.weight:0", "bilinear.weight:2"],
+        ["bilinear.bias:0", "bilinear.weight:0", "head.weight:1"],
+    ])
+    pruned = ir.prune(labels=[group[0] for group in ir.snapshot().groups]).model
+    assert (pruned.bilinear.in1_features, pruned.bilinear.in2_features, pruned.bilinear.out_features) == (9, 7, 5)
+
+
+@pytest.mark.parametrize("mixer", [nn.Softmax2d(), nn.LocalResponseNorm(3)])
+def test_ops_that_mix_channels_block_them_without_being_opaque(mixer):
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), mixer, nn.Conv2d(8, 6, 1), nn.ReLU(), nn.Conv2d(6, 2, 1))
+    s = PruningIR(model.eval(), example_input=torch.randn(1, 3, 4, 4)).snapshot()
+    assert s.opaque_ops == []
+    assert [sorted(s.slices(g[0])) for g in s.groups] == [["2.bias", "2.weight", "4.weight"]]
