@@ -8,6 +8,7 @@ soft tracing the first failure is raised as a :class:`TracingError` naming the m
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Callable, Iterable
 
 import torch
 from torch import fx, nn
+
+from .composites import TRACED_FORWARDS
 
 #: Modules from outside ``torch.nn`` that the rule registry handles as a whole.
 _EXTRA_LEAF_TYPES: tuple[type, ...] = ()
@@ -44,9 +47,13 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self.leaf_ids or isinstance(m, self.leaf_types):
             return True
+        if type(m) in TRACED_FORWARDS:  # composites of known layers: traced through (see composites)
+            return False
         return super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
+        if TRACED_FORWARDS.get(type(m)) is not None and not self.is_leaf_module(m, ""):
+            forward = functools.partial(TRACED_FORWARDS[type(m)], m)
         try:
             return super().call_module(m, forward, args, kwargs)
         except Exception:
