@@ -71,3 +71,4 @@ def _widths(m: nn.MultiheadAttention) -> tuple[int, int]:
     if isinstance(m, PrunedMultiheadAttention):
         return m.qk_head_dim, m.v_head_dim
     return m.head_dim, m.head_dim
+
