@@ -56,31 +56,33 @@ class Analysis:
     opaque: list[str] = field(default_factory=list)
 
 
-def tensor_lookup(module: nn.Module, modules: dict[str, nn.Module] | None = None) -> Callable[[str], torch.Tensor]:
-    """``get_tensor`` for many names: parameters and buffers are indexed in one walk of the module tree
-    (``modules`` is ``dict(module.named_modules())`` if the caller has it); other tensor attributes
-    are looked up by name."""
+def named_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer of ``modules`` (``dict(root.named_modules())``) by qualified name,
+    in one walk of the module tree."""
     known = {}
-    for prefix, owner in (modules if modules is not None else dict(module.named_modules())).items():
-        for table in (owner._parameters, owner._buffers):
-            for name, tensor in table.items():
-                if tensor is not None:
-                    known[f"{prefix}.{name}" if prefix else name] = tensor
-    return lambda name: known[name] if name in known else get_tensor(module, name)
-
-
-def tensor_aliases(modules: dict[str, nn.Module]) -> dict[str, str]:
-    """Every qualified parameter/buffer name -> the first name of the same tensor (tied weights, such
-    as an embedding reused by the output layer, are one tensor under several names)."""
-    first: dict[int, str] = {}
-    alias = {}
     for prefix, owner in modules.items():
         for table in (owner._parameters, owner._buffers):
             for name, tensor in table.items():
                 if tensor is not None:
-                    qualified = f"{prefix}.{name}" if prefix else name
-                    alias[qualified] = first.setdefault(id(tensor), qualified)
-    return alias
+                    known[f"{prefix}.{name}" if prefix else name] = tensor
+    return known
+
+
+def tensor_lookup(module: nn.Module, modules: dict[str, nn.Module] | None = None,
+                  known: dict[str, torch.Tensor] | None = None) -> Callable[[str], torch.Tensor]:
+    """``get_tensor`` for many names: parameters and buffers come from ``known`` (or one walk of
+    ``modules``, ``dict(module.named_modules())`` if the caller has it); other tensor attributes are
+    looked up by name."""
+    if known is None:
+        known = named_tensors(modules if modules is not None else dict(module.named_modules()))
+    return lambda name: known[name] if name in known else get_tensor(module, name)
+
+
+def tensor_aliases(known: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Every name in ``known`` -> the first name of the same tensor (tied weights, such as an embedding
+    reused by the output layer, are one tensor under several names)."""
+    first: dict[int, str] = {}
+    return {name: first.setdefault(id(tensor), name) for name, tensor in known.items()}
 
 
 def get_tensor(module: nn.Module, name: str) -> torch.Tensor:
@@ -101,8 +103,9 @@ class Context:
         self._flow: list[np.ndarray] = []
         self._opaque: list[str] = []
         self._modules = dict(root.named_modules(remove_duplicate=False))
-        self._tensor = tensor_lookup(root, self._modules)
-        self._alias = tensor_aliases(self._modules)
+        known = named_tensors(self._modules)
+        self._tensor = tensor_lookup(root, known=known)
+        self._alias = tensor_aliases(known)
 
     # --- reading -------------------------------------------------------------------------
     def value(self, a: Any) -> Any:
