@@ -164,9 +164,10 @@ class Snapshot:
 
     @property
     def opaque_ops(self) -> list[str]:
-        """Graph nodes whose op has no rule but received channels, as 'node (op)': every channel that
-        reaches one is unprunable. Register a rule (``pruning.rules.register_rule``) or make the
-        module a leaf with a rule to prune through it."""
+        """Graph nodes whose op has no rule but received channels, or that are layers with parameters
+        but no rule, as 'node (op)': every channel that reaches one, and the layer's own output
+        channels, are unprunable. Register a rule (``pruning.rules.register_rule``) to prune through
+        one."""
         return list(getattr(self.analysis, "opaque", []))
 
     @property

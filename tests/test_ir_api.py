@@ -336,3 +336,14 @@ def test_no_prunable_channel_error_names_the_ops_without_a_rule():
 
     with pytest.raises(ValueError, match=r"ops without a rule here: unknown_gate \(.*unknown_gate\)"):
         PruningIR(OnlyOpaque(), example_input=torch.randn(1, 3, 4, 4))
+
+
+def test_layers_without_a_rule_are_named_even_when_fed_by_the_input():
+    # A parametrized conv is a class of its own with no rule: its output channels stay, although no
+    # prunable channel reaches it.
+    from torch.nn.utils.parametrizations import weight_norm
+
+    model = nn.Sequential(weight_norm(nn.Conv2d(3, 8, 3)), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.ReLU(), nn.Conv2d(6, 2, 1))
+    s = PruningIR(model.eval(), example_input=torch.randn(1, 3, 9, 9)).snapshot()
+    assert s.opaque_ops == ["_0 (torch.nn.utils.parametrize.ParametrizedConv2d)"]
+    assert [sorted(s.slices(g[0])) for g in s.groups] == [["2.bias", "2.weight", "4.weight"]]

@@ -52,7 +52,8 @@ class Analysis:
     shapes: dict[str, Any] = field(repr=False)
     rewrites: list[tuple[str, base.Rule]] = field(repr=False)
     module_rules: dict[str, base.Rule] = field(repr=False)
-    #: Ops without a rule that channels reached (each blocked them), as 'node (op)'.
+    #: Ops without a rule that channels reached (each blocked them), and layers with parameters but
+    #: without a rule (their own channels stay), as 'node (op)'.
     opaque: list[str] = field(default_factory=list)
 
 
@@ -210,7 +211,8 @@ class Context:
             else:
                 module = self.module(node) if node.op == "call_module" else None
                 rule = base.lookup(node, module)
-                if rule is base.CONSERVATIVE and any(_has_ids(v) for v in self.input_values(node)):
+                if rule is base.CONSERVATIVE and (any(_has_ids(v) for v in self.input_values(node)) or (
+                        module is not None and next(module.parameters(), None) is not None)):
                     self._opaque.append(f"{node.name} ({_op_name(node, module)})")
                 value = rule.propagate(self, node)
                 if not rule.reads_sizes:
@@ -265,7 +267,7 @@ def _has_ids(value: Any) -> bool:
     if isinstance(value, np.ndarray):
         return True
     if isinstance(value, SizeOf):
-        return bool(value.ids)
+        return any(ids is not None for ids in value.ids)
     return isinstance(value, (tuple, list)) and any(_has_ids(v) for v in value)
 
 
