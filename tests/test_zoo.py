@@ -13,6 +13,10 @@ from pruning.verify import equivalence_error, perturb
 
 SUBSET = ["resnet18", "mobilenet_v2", "shufflenet_v2_x0_5", "densenet121", "efficientnet_b0",
           "vit_b_32", "swin_t", "convnext_tiny", "resnext50_32x4d", "maxvit_t"]
+#: Parameters left at most, as a fraction, after half of every group goes (0.8 by default). swin_t and
+#: maxvit_t keep ~0.26 only when their attention prunes (window attention and einsum rules); without
+#: those rules they kept 0.69 and 0.60.
+KEPT_AT_MOST = {"swin_t": 0.3, "maxvit_t": 0.3}
 
 
 @pytest.mark.parametrize("name", SUBSET)
@@ -28,6 +32,6 @@ def test_zoo_model(name):
     with torch.no_grad():
         assert pruned.model(x).shape == (1, 1000)
     before = sum(p.numel() for p in model.parameters())
-    assert sum(p.numel() for p in pruned.model.parameters()) < 0.8 * before
+    assert sum(p.numel() for p in pruned.model.parameters()) < KEPT_AT_MOST.get(name, 0.8) * before
     exact = [label for label in half if not s.analysis.normalized[label.index]]
     assert equivalence_error(ir, exact, x) < 1e-4
