@@ -164,10 +164,11 @@ class Snapshot:
 
     @property
     def opaque_ops(self) -> list[str]:
-        """Graph nodes whose op has no rule but received channels, or that are layers with parameters
-        but no rule, as 'node (op)': every channel that reaches one, and the layer's own output
-        channels, are unprunable. Register a rule (``pruning.rules.register_rule``) to prune through
-        one."""
+        """Graph nodes that no rule understands (an op without a rule, or a configuration its rule
+        does not handle, such as an LSTM with ``proj_size``) and that channels reach or that are
+        layers with parameters, as 'node (op)': every channel that reaches one, and the layer's own
+        output channels, are unprunable. Register a rule (``pruning.rules.register_rule``) to prune
+        through one."""
         return list(getattr(self.analysis, "opaque", []))
 
     @property

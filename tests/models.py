@@ -195,6 +195,23 @@ class BilinearHead(nn.Module):
         return self.head(torch.tanh(self.bilinear(torch.relu(self.a(x)), torch.relu(self.b(x)))))
 
 
+class Recurrent(nn.Module):
+    """A projection into a 2-layer bidirectional LSTM and a GRU; the head reads the last output step and
+    the LSTM's final hidden state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(12, 16)
+        self.lstm = nn.LSTM(16, 10, num_layers=2, bidirectional=True, batch_first=True)
+        self.gru = nn.GRU(20, 8, batch_first=True)
+        self.head = nn.Linear(8 + 10, 4)
+
+    def forward(self, x):
+        out, (h, _) = self.lstm(torch.relu(self.embed(x)))
+        seq, _ = self.gru(out)
+        return self.head(torch.cat([seq[:, -1], h[-1]], dim=-1))
+
+
 class FlattenLinear(nn.Module):
     """A flatten of (C, H, W) into a linear layer: each channel owns H*W input columns."""
 
@@ -248,7 +265,8 @@ class SqueezeExcite(nn.Module):
 
 IMAGE_MODELS = [Residual, Concat, SplitChunk, Shuffle, Grouped, FlattenLinear, ChannelsLast, SqueezeExcite,
                 FunctionalPReLU, PixelShuffles]
-TOKEN_MODELS = {Attention: (2, 5, 12), SDPA: (2, 5, 16), EinsumAttention: (2, 5, 12), BilinearHead: (2, 5, 12)}
+TOKEN_MODELS = {Attention: (2, 5, 12), SDPA: (2, 5, 16), EinsumAttention: (2, 5, 12), BilinearHead: (2, 5, 12),
+                Recurrent: (2, 5, 12)}
 
 
 class TorchAttention(nn.Module):

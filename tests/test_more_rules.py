@@ -10,7 +10,7 @@ from torch import nn
 from pruning import PruningIR
 from pruning.verify import equivalence_error, perturb
 
-from models import BilinearHead, EinsumAttention, FunctionalPReLU, PixelShuffles
+from models import BilinearHead, EinsumAttention, FunctionalPReLU, PixelShuffles, Recurrent
 
 
 def owners(ir: PruningIR) -> list[set[str]]:
@@ -155,3 +155,39 @@ def test_ops_that_mix_channels_block_them_without_being_opaque(mixer):
     s = PruningIR(model.eval(), example_input=torch.randn(1, 3, 4, 4)).snapshot()
     assert s.opaque_ops == []
     assert [sorted(s.slices(g[0])) for g in s.groups] == [["2.bias", "2.weight", "4.weight"]]
+
+
+def test_recurrent_hidden_units_are_one_label_across_layers_directions_and_gates():
+    ir = PruningIR(Recurrent().eval(), example_input=torch.randn(2, 5, 12))
+    s = ir.snapshot()
+    assert s.opaque_ops == []
+    hidden = _label_owning(s, "lstm.weight_hh_l0", 1, 3)
+    owned = s.slices(hidden)
+    for tag in ("l0", "l0_reverse", "l1", "l1_reverse"):
+        assert [idx.tolist() for d, idx in owned[f"lstm.weight_hh_{tag}"] if d == 0] == [[3, 13, 23, 33]]  # i, f, g, o
+        assert [idx.tolist() for d, idx in owned[f"lstm.weight_hh_{tag}"] if d == 1] == [[3]]
+    assert {d: idx.tolist() for d, idx in owned["lstm.weight_ih_l1"]} == {0: [3, 13, 23, 33], 1: [3, 13]}  # both directions below
+    assert [idx.tolist() for d, idx in owned["gru.weight_ih_l0"]] == [[3, 13]]
+    assert [idx.tolist() for d, idx in owned["head.weight"]] == [[11]]  # via h_n[-1]
+    pruned = ir.prune(labels=[group[0] for group in s.groups]).model
+    assert (pruned.lstm.input_size, pruned.lstm.hidden_size, pruned.gru.input_size, pruned.gru.hidden_size) == (15, 9, 18, 7)
+    pruned.train()(torch.randn(2, 5, 12)).sum().backward()
+
+
+@pytest.mark.parametrize("make, call", [
+    (lambda: nn.LSTM(6, 8, batch_first=True, proj_size=4), lambda m, x: m(x)[0]),
+    (lambda: nn.GRU(6, 8, batch_first=True), lambda m, x: m(x, torch.zeros(1, 2, 8))[0]),
+])
+def test_recurrent_with_projection_or_given_state_is_opaque(make, call):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.rnn = nn.Linear(3, 6), make()
+            self.head, self.out = nn.Linear(4 if getattr(self.rnn, "proj_size", 0) else 8, 5), nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.head(call(self.rnn, self.a(x)))))
+
+    s = PruningIR(Net().eval(), example_input=torch.randn(2, 5, 3)).snapshot()
+    assert s.opaque_ops == ["rnn (torch.nn.modules.rnn." + type(make()).__name__ + ")"]
+    assert [sorted(s.slices(g[0])) for g in s.groups] == [["head.bias", "head.weight", "out.weight"]]

@@ -52,8 +52,8 @@ class Analysis:
     shapes: dict[str, Any] = field(repr=False)
     rewrites: list[tuple[str, base.Rule]] = field(repr=False)
     module_rules: dict[str, base.Rule] = field(repr=False)
-    #: Ops without a rule that channels reached (each blocked them), and layers with parameters but
-    #: without a rule (their own channels stay), as 'node (op)'.
+    #: Ops no rule understands that channels reached (each blocked them), and such layers with
+    #: parameters (their own channels stay), as 'node (op)'.
     opaque: list[str] = field(default_factory=list)
 
 
@@ -179,6 +179,14 @@ class Context:
         its rule, like ids that flow between nodes; unclaimed parameter ids are never pruned."""
         self._flow.append(ids)
 
+    def report_opaque(self, node: fx.Node) -> None:
+        """Note an op no rule understands (see ``Snapshot.opaque_ops``), if channels reach it or it is a
+        layer with parameters (whose own channels then stay)."""
+        module = self._modules[node.target] if node.op == "call_module" else None
+        if any(_has_ids(v) for v in self.input_values(node)) or (
+                module is not None and next(module.parameters(), None) is not None):
+            self._opaque.append(f"{node.name} ({_op_name(node, module)})")
+
     def untracked(self, shape: Any) -> Any:
         """A value with no channels for the given recorded shape."""
         if base.is_size(shape):
@@ -211,9 +219,6 @@ class Context:
             else:
                 module = self.module(node) if node.op == "call_module" else None
                 rule = base.lookup(node, module)
-                if rule is base.CONSERVATIVE and (any(_has_ids(v) for v in self.input_values(node)) or (
-                        module is not None and next(module.parameters(), None) is not None)):
-                    self._opaque.append(f"{node.name} ({_op_name(node, module)})")
                 value = rule.propagate(self, node)
                 if not rule.reads_sizes:
                     for a in base.flatten_args((node.args, node.kwargs)):

@@ -74,13 +74,23 @@ class Rule:
         return None
 
 
-class Conservative(Rule):
-    """Unknown op: none of its input channels may be pruned, its outputs carry no channels."""
+class Fixed(Rule):
+    """An op whose channels stay by design: none of its input channels may be pruned, its outputs carry
+    no channels."""
 
     def propagate(self, ctx: "Context", node: fx.Node) -> Any:
         for value in ctx.input_values(node):
             ctx.block_value(value)
         return None
+
+
+class Conservative(Fixed):
+    """Unknown op (or a configuration a rule does not handle): as :class:`Fixed`, and reported in
+    ``Snapshot.opaque_ops``."""
+
+    def propagate(self, ctx: "Context", node: fx.Node) -> Any:
+        ctx.report_opaque(node)
+        return super().propagate(ctx, node)
 
 
 CONSERVATIVE = Conservative()

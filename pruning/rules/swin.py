@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..pruned_modules import pruned_shifted_window_attention
-from .base import CONSERVATIVE, Conservative, Rule, arg, register_rule
+from .base import CONSERVATIVE, Fixed, Rule, arg, register_rule
 from .tensor_ops import _contract
 
 
@@ -86,6 +86,5 @@ except ImportError:  # pragma: no cover - torchvision is installed in developmen
 else:
     register_rule(swin_transformer.shifted_window_attention, ShiftedWindowAttention())
     register_rule(swin_transformer._patch_merging_pad, PatchMergingPad())
-    # The relative position bias is a table per head, and heads are never pruned: nothing passes
-    # through it (a rule of its own, so it is not reported among the ops without one).
-    register_rule(swin_transformer._get_relative_position_bias, Conservative())
+    # The relative position bias is a table per head, and heads are never pruned.
+    register_rule(swin_transformer._get_relative_position_bias, Fixed())
