@@ -31,7 +31,9 @@ def macs(inputs: Inputs, device: str | torch.device | None = None) -> Callable[[
     Attention is counted the same way whichever kernel runs it: ``nn.MultiheadAttention``'s fused
     fast path (invisible to the counter) is switched off while counting, and the CPU flash-attention
     kernel gets the counter's formula for scaled dot-product attention. Otherwise an unpruned
-    transformer and its pruned version would be measured with different rules.
+    transformer and its pruned version would be measured with different rules. Recurrent layers
+    (``nn.RNN``/``LSTM``/``GRU``), whose fused kernels the counter does not see, count their weight
+    matrices once per time step and sequence (:func:`recurrent_macs`) instead.
     """
 
     def count(model: nn.Module) -> float:
@@ -39,13 +41,44 @@ def macs(inputs: Inputs, device: str | torch.device | None = None) -> Callable[[
         fastpath = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(False)
         try:
-            with _inference(model), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
+            with _inference(model), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter, \
+                    _recurrent_counted(model, counter) as recurrent:
                 model(*args)
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
-        return counter.get_total_flops() / 2
+        return counter.get_total_flops() / 2 + sum(recurrent)
 
     return count
+
+
+def recurrent_macs(module: nn.RNNBase, input: torch.Tensor | nn.utils.rnn.PackedSequence) -> float:
+    """MACs of a recurrent layer's matrix products on ``input``: every weight matrix (input, hidden and
+    LSTM projection weights of every layer and direction) multiplies one vector per time step and
+    sequence."""
+    if isinstance(input, nn.utils.rnn.PackedSequence):
+        steps = input.data.shape[0]
+    else:
+        steps = input.shape[0] * (input.shape[1] if input.dim() == 3 else 1)
+    return float(steps * sum(p.shape[0] * p.shape[1] for name, p in module.named_parameters() if name.startswith("weight_")))
+
+
+@contextmanager
+def _recurrent_counted(model: nn.Module, counter: FlopCounterMode) -> Iterator[list[float]]:
+    """While the model runs: for each recurrent layer call, the MACs of :func:`recurrent_macs` less
+    whatever the counter saw inside it (its kernels differ by device and backend)."""
+    corrections: list[float] = []
+    started: list[int] = []
+    handles = []
+    for module in model.modules():
+        if isinstance(module, nn.RNNBase):
+            handles.append(module.register_forward_pre_hook(lambda m, args: started.append(counter.get_total_flops())))
+            handles.append(module.register_forward_hook(lambda m, args, out: corrections.append(
+                recurrent_macs(m, args[0]) - (counter.get_total_flops() - started.pop()) / 2)))
+    try:
+        yield corrections
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:

@@ -73,3 +73,18 @@ def test_macs_count_attention_the_same_before_and_after_pruning():
     projections = 10 * 32 * 32 * 4  # q, k, v and output projections
     attention = 2 * 10 * 10 * 32  # q k^T and attn v over all heads
     assert count(model) == count(swapped) == projections + attention
+
+
+@pytest.mark.parametrize("layer, tokens", [
+    (nn.LSTM(16, 10, batch_first=True), 4 * 5),
+    (nn.GRU(16, 10, num_layers=2, bidirectional=True, batch_first=True), 4 * 5),
+    (nn.RNN(16, 10), 4 * 5),
+    (nn.LSTM(16, 10, proj_size=4, batch_first=True), 4 * 5),
+])
+def test_macs_count_recurrent_layers_by_their_weight_matrices(layer, tokens):
+    # torch's counter sees none of the fused recurrent kernels (CPU: 0 MACs for an LSTM); every weight
+    # matrix multiplies one vector per time step and sequence.
+    x = torch.randn(4, 5, 16)
+    weights = sum(p.shape[0] * p.shape[1] for name, p in layer.named_parameters() if name.startswith("weight_"))
+    assert macs(x)(layer) == tokens * weights
+    assert macs(x)(nn.Sequential(nn.Linear(16, 16), layer)) == tokens * (weights + 16 * 16)
