@@ -191,3 +191,27 @@ def test_recurrent_with_projection_or_given_state_is_opaque(make, call):
     s = PruningIR(Net().eval(), example_input=torch.randn(2, 5, 3)).snapshot()
     assert s.opaque_ops == ["rnn (torch.nn.modules.rnn." + type(make()).__name__ + ")"]
     assert [sorted(s.slices(g[0])) for g in s.groups] == [["head.bias", "head.weight", "out.weight"]]
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_channels_laid_out_as_a_convolutions_length_are_blocked(functional):
+    # A state-space mixer (timm's EfficientViM) runs a Conv1d over a tensor whose "length" is another
+    # layer's channels; the kernel mixes that dim, so those channels must stay (they were dropped
+    # silently, and pruning them broke a later matmul).
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.state, self.proj = nn.Conv1d(6, 5, 1), nn.Conv1d(6, 6, 1)
+            self.readout, self.head = nn.Conv1d(6, 5, 1), nn.Conv1d(6, 3, 1)
+
+        def forward(self, x):  # x: (B, 6, L)
+            h = x @ self.state(x).transpose(1, 2)  # (B, 6, 5): the state's channels as length
+            h = F.conv1d(h, self.proj.weight, self.proj.bias) if functional else self.proj(h)
+            return self.head(h @ self.readout(x))  # contracts the length with readout's channels
+
+    x = torch.randn(2, 6, 7)
+    ir = PruningIR(perturb(Mixer().eval()), example_input=x)
+    owned = [set(ir.snapshot().slices(g[0])) for g in ir.snapshot().groups]
+    assert not any("state.weight" in o for o in owned)
+    pruned = ir.prune(labels=[g[0] for g in ir.snapshot().groups]).model
+    assert pruned(x).shape == (2, 3, 7)

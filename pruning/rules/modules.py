@@ -23,6 +23,14 @@ def _tie(ctx, ids, name: str, dim: int) -> None:
         ctx.param_axis(name, dim, ids)
 
 
+def _conv_output(ctx, value: tuple, channel_dim: int, out_ids) -> tuple:
+    """A convolution's output value: batch dims pass (each item is convolved alone), then its own
+    channels; channels that reached the input's spatial dims (a tensor laid out with channels as
+    "length") are mixed by the kernel: blocked."""
+    ctx.block_value(value[channel_dim + 1:])
+    return tuple(value[:channel_dim]) + (out_ids,) + (None,) * (len(value) - channel_dim - 1)
+
+
 class _ShapePreserving(Rule):
     """A module whose output has its input's shape (norms, activations): the shape pass skips it."""
 
@@ -47,7 +55,7 @@ class ConvModule(Rule):
         if m.bias is not None:
             ctx.param_axis(f"{name}.bias", 0, out_ids)
         channel_dim = len(shape) - m.weight.dim() + 1
-        return (None,) * channel_dim + (out_ids,) + (None,) * (len(shape) - channel_dim - 1)
+        return _conv_output(ctx, value, channel_dim, out_ids)
 
     def output_shape(self, m, shape):
         k = m.weight.dim() - 2
@@ -93,7 +101,7 @@ class ConvTransposeModule(Rule):
         out_ids = ctx.param_axis(f"{node.target}.weight", 1)
         if m.bias is not None:
             ctx.space.merge(out_ids, ctx.param_axis(f"{node.target}.bias", 0))
-        return (None,) * channel_dim + (out_ids,) + (None,) * (len(shape) - channel_dim - 1)
+        return _conv_output(ctx, value, channel_dim, out_ids)
 
     def input_channel_dim(self, m, shape):
         return len(shape) - m.weight.dim() + 1 if m.groups == 1 else None

@@ -726,6 +726,7 @@ class Conv(Rule):
         vb = ctx.value(b)
         if vb is not None:
             _contract(ctx, out_ids, vb[0])
+        ctx.block_value(vx[2:])  # spatial dims are mixed by the kernel
         return vx[:1] + (out_ids,) + (None,) * (len(sw) - 2)
 
     def rewrite(self, rw, node):
