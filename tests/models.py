@@ -212,6 +212,48 @@ class Recurrent(nn.Module):
         return self.head(torch.cat([seq[:, -1], h[-1]], dim=-1))
 
 
+class TimmStyleBlock(nn.Module):
+    """Attention as timm writes it (one reshape into (3, heads, head_dim), unbind), RMSNorm as a module
+    and as a function, a layer scale through addcmul, and a head on the norm over tokens."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.embed, self.norm = nn.Linear(12, dim), nn.RMSNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp1, self.mlp2 = nn.Linear(dim, 32), nn.Linear(32, dim)
+        self.gamma, self.scale = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.full((dim,), 0.5))
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, n, c = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        y = ((q @ k.transpose(-2, -1)) * 0.25).softmax(-1) @ v
+        x = x + self.proj(y.transpose(1, 2).reshape(b, n, c))
+        x = torch.addcmul(x, self.mlp2(F.gelu(self.mlp1(F.rms_norm(x, (c,), self.gamma)))), self.scale)
+        return self.head(x.norm(dim=1))
+
+
+class StdConv(nn.Module):
+    """Weight-standardised convolutions (timm's ScaledStdConv): the weight is normalised per output
+    channel with F.batch_norm and brought back with reshape_as."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.w2 = nn.Parameter(torch.randn(8, 3, 3, 3)), nn.Parameter(torch.randn(6, 8, 3, 3))
+        self.head = nn.Conv2d(6, 4, 1)
+
+    @staticmethod
+    def _standardised(w):
+        return F.batch_norm(w.reshape(1, w.shape[0], -1), None, None, training=True, momentum=0.0,
+                            eps=1e-5).reshape_as(w)
+
+    def forward(self, x):
+        x = torch.relu(F.conv2d(x, self._standardised(self.w1), padding=1))
+        return self.head(torch.relu(F.conv2d(x, self._standardised(self.w2), padding=1)))
+
+
 class FlattenLinear(nn.Module):
     """A flatten of (C, H, W) into a linear layer: each channel owns H*W input columns."""
 
@@ -264,9 +306,9 @@ class SqueezeExcite(nn.Module):
 
 
 IMAGE_MODELS = [Residual, Concat, SplitChunk, Shuffle, Grouped, FlattenLinear, ChannelsLast, SqueezeExcite,
-                FunctionalPReLU, PixelShuffles]
+                FunctionalPReLU, PixelShuffles, StdConv]
 TOKEN_MODELS = {Attention: (2, 5, 12), SDPA: (2, 5, 16), EinsumAttention: (2, 5, 12), BilinearHead: (2, 5, 12),
-                Recurrent: (2, 5, 12)}
+                Recurrent: (2, 5, 12), TimmStyleBlock: (2, 5, 12)}
 
 
 class TorchAttention(nn.Module):

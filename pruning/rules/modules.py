@@ -167,9 +167,9 @@ class BatchNormModule(_ShapePreserving):
                 m.num_features = getattr(m, name).shape[0]
 
 
-@register(nn.LayerNorm)
+@register(nn.LayerNorm, nn.RMSNorm)
 class LayerNormModule(_ShapePreserving):
-    """LayerNorm over trailing dims; without affine weights those dims cannot be resized."""
+    """LayerNorm / RMSNorm over trailing dims; without affine weights those dims cannot be resized."""
 
     def propagate(self, ctx, node):
         m = ctx.module(node)
@@ -183,7 +183,7 @@ class LayerNormModule(_ShapePreserving):
                     ctx.space.block(ids)
                 continue
             _tie(ctx, ids, f"{node.target}.weight", j)
-            if m.bias is not None:
+            if getattr(m, "bias", None) is not None:
                 ctx.space.merge(ctx.param_axis(f"{node.target}.weight", j),
                                 ctx.param_axis(f"{node.target}.bias", j))
         return value

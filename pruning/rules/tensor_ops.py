@@ -23,10 +23,12 @@ _ELEMENTWISE_FUNCTIONS = [
     operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.mod,
     torch.add, torch.sub, torch.mul, torch.div, torch.where, torch.maximum, torch.minimum,
     torch.masked_fill, torch.pow, torch.true_divide, torch.subtract, torch.multiply,
+    torch.addcmul, torch.addcdiv, torch.lerp,
 ]
 _ELEMENTWISE_METHODS = [
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "masked_fill", "masked_fill_",
     "pow", "maximum", "minimum", "where", "__add__", "__mul__", "__sub__", "__truediv__",
+    "addcmul", "addcmul_", "addcdiv", "addcdiv_", "lerp", "lerp_",
 ]
 
 
@@ -328,6 +330,35 @@ class Split(Rule):
         node.kwargs = {}
 
 
+@register("unbind", torch.unbind)
+class Unbind(Rule):
+    """``x.unbind(dim)``: one tensor per index of ``dim``, each with the other dims' channels (channels
+    in ``dim`` itself would each become a separate tensor: blocked)."""
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        value, shape = ctx.value(x), ctx.shape(x)
+        dim = normalize_dim(arg(node, 1, "dim", 0), len(shape))
+        if value[dim] is not None:
+            ctx.space.block(value[dim])
+        return [value[:dim] + value[dim + 1:]] * shape[dim]
+
+
+@register("reshape_as", "view_as")
+class ReshapeAs(Rule):
+    """``x.reshape_as(other)``: a reshape to ``other``'s shape, so each output dim's channels are also
+    ``other``'s channels in that dim (both prune together, or neither)."""
+
+    def propagate(self, ctx, node):
+        x, other = node.args[0], node.args[1]
+        out = reshape(ctx, ctx.value(x), ctx.shape(x), ctx.shape(node))
+        result = []
+        for a, b in zip(out, ctx.value(other) or (None,) * len(out)):
+            _contract(ctx, a, b)
+            result.append(a if a is not None and b is not None else None)
+        return tuple(result)
+
+
 @register(operator.getitem)
 class GetItem(Rule):
     """Indexing: a container item, or basic tensor indexing (ints, slices, None, Ellipsis).
@@ -446,20 +477,23 @@ _REDUCTIONS = ["mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod"
                torch.argmax, torch.argmin, torch.median]
 
 
-@register(*_REDUCTIONS)
+@register(*_REDUCTIONS, "norm", torch.norm, torch.linalg.vector_norm)
 class Reduce(Rule):
-    """Reducing a channel dim mixes channels (a mean would change): those channels are blocked."""
+    """Reducing a channel dim mixes channels (a mean would change): those channels are blocked. Norms
+    take their dims after the order ``p``."""
 
     def propagate(self, ctx, node):
         x = node.args[0]
         value, nd = ctx.value(x), len(ctx.shape(x))
-        dims = arg(node, 1, "dim", None)
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        at = 2 if name in ("norm", "vector_norm") else 1
+        dims = arg(node, at, "dim", None)
         out_shape = ctx.shape(node)
         if dims is None or isinstance(dims, fx.Node):
             ctx.block_value(value)
             return ctx.untracked(out_shape)
         dims = {normalize_dim(d, nd) for d in ([dims] if isinstance(dims, int) else dims)}
-        keepdim = arg(node, 2, "keepdim", False)
+        keepdim = arg(node, at + 1, "keepdim", False)
         out = []
         for d in range(nd):
             if d in dims:
@@ -751,11 +785,7 @@ def conv_channels(ctx, in_ids: np.ndarray | None, out_ids: np.ndarray,
     output channels of one group form one label, and ``groups`` shrinks.
     """
     if groups == 1:
-        if in_ids is None:
-            if weight_in_ids is not None:
-                ctx.space.block(weight_in_ids)
-        elif weight_in_ids is not None:
-            ctx.space.merge(in_ids, weight_in_ids)
+        _contract(ctx, in_ids, weight_in_ids)  # either side untracked: neither may be pruned
         return
     rep = out_ids[:: len(out_ids) // groups]
     merge_in_groups(ctx, out_ids, groups, rep)
@@ -765,7 +795,7 @@ def conv_channels(ctx, in_ids: np.ndarray | None, out_ids: np.ndarray,
         merge_in_groups(ctx, in_ids, groups, rep)
 
 
-@register(F.layer_norm)
+@register(F.layer_norm, F.rms_norm)
 class LayerNormFn(Rule):
     """``F.layer_norm``: affine params follow the normalised trailing dims; ``normalized_shape`` is
     rewritten after pruning."""
