@@ -215,3 +215,27 @@ def test_channels_laid_out_as_a_convolutions_length_are_blocked(functional):
     assert not any("state.weight" in o for o in owned)
     pruned = ir.prune(labels=[g[0] for g in ir.snapshot().groups]).model
     assert pruned(x).shape == (2, 3, 7)
+
+
+def test_repeat_interleave_tile_and_unfold_keep_channels_prunable():
+    class Repeats(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv1d(3, 4, 1), nn.Conv1d(3, 5, 1), nn.Conv1d(3, 6, 1)
+            self.after_interleave, self.after_tile, self.after_unfold = nn.Conv1d(8, 2, 1), nn.Conv1d(10, 2, 1), nn.Linear(6, 2)
+
+        def forward(self, x):  # x: (B, 3, L)
+            y = self.after_interleave(self.a(x).repeat_interleave(2, dim=1))
+            y = y + self.after_tile(self.b(x).repeat(1, 2, 1))
+            windows = self.c(x).unfold(2, 3, 1)  # (B, 6, L - 2, 3)
+            return y[..., :1] + self.after_unfold(windows.mean(-1).transpose(1, 2)).transpose(1, 2)[..., :1]
+
+    x = torch.randn(2, 3, 7)
+    ir = PruningIR(perturb(Repeats().eval()), example_input=x)
+    s = ir.snapshot()
+    assert s.opaque_ops == []
+    assert [idx.tolist() for d, idx in s.slices(_label_owning(s, "a.weight", 0, 1))["after_interleave.weight"]] == [[2, 3]]
+    assert [idx.tolist() for d, idx in s.slices(_label_owning(s, "b.weight", 0, 1))["after_tile.weight"]] == [[1, 6]]
+    assert [idx.tolist() for d, idx in s.slices(_label_owning(s, "c.weight", 0, 1))["after_unfold.weight"]] == [[1]]
+    labels = [label for group in s.groups for label in group[::2]]
+    assert equivalence_error(ir, labels, x, dtype=torch.float64) < 1e-10

@@ -344,6 +344,60 @@ class Unbind(Rule):
         return [value[:dim] + value[dim + 1:]] * shape[dim]
 
 
+@register("repeat_interleave", torch.repeat_interleave)
+class RepeatInterleave(Rule):
+    """``x.repeat_interleave(r, dim)``: each element of ``dim`` repeated ``r`` times in place, so a
+    channel's id repeats too (grouped-query attention repeats key/value heads this way). Repeats
+    given as a tensor, or no ``dim`` (a flattened result), block the channels."""
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        value, shape = ctx.value(x), ctx.shape(x)
+        repeats, dim = arg(node, 1, "repeats"), arg(node, 2, "dim")
+        if not isinstance(repeats, int) or not isinstance(dim, int):
+            ctx.block_value(value)
+            return ctx.untracked(ctx.shape(node))
+        dim = normalize_dim(dim, len(shape))
+        ids = value[dim]
+        return value[:dim] + (None if ids is None else np.repeat(ids, repeats),) + value[dim + 1:]
+
+
+@register("repeat", "tile", torch.tile)
+class Tile(Rule):
+    """``x.repeat(*sizes)`` / ``torch.tile``: the whole dim is copied ``r`` times, so its ids are tiled;
+    sizes beyond ``x``'s dims add leading dims."""
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        value, shape = ctx.value(x), ctx.shape(x)
+        sizes = node.args[1:] if len(node.args) > 2 else arg(node, 1, "dims" if node.target is torch.tile else "repeats")
+        sizes = [sizes] if isinstance(sizes, int) else sizes
+        if not isinstance(sizes, (list, tuple)) or not all(isinstance(r, int) for r in sizes):
+            ctx.block_value(value)
+            return ctx.untracked(ctx.shape(node))
+        sizes = [1] * (len(shape) - len(sizes)) + list(sizes)  # tile pads short sizes with ones
+        lead = len(sizes) - len(shape)
+        return (None,) * lead + tuple(None if ids is None else np.tile(ids, r) for ids, r in zip(value, sizes[lead:]))
+
+
+@register("unfold")
+class Unfold(Rule):
+    """``x.unfold(dim, size, step)``: sliding windows along ``dim`` (channels there are blocked) in a
+    new last dim; the other dims keep their channels."""
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        value, shape = ctx.value(x), ctx.shape(x)
+        dim = arg(node, 1, "dimension")
+        if not isinstance(dim, int):
+            ctx.block_value(value)
+            return ctx.untracked(ctx.shape(node))
+        dim = normalize_dim(dim, len(shape))
+        if value[dim] is not None:
+            ctx.space.block(value[dim])
+        return value[:dim] + (None,) + value[dim + 1:] + (None,)
+
+
 @register("reshape_as", "view_as")
 class ReshapeAs(Rule):
     """``x.reshape_as(other)``: a reshape to ``other``'s shape, so each output dim's channels are also
