@@ -8,6 +8,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.nn.parameter import is_lazy
 
 from .channels.propagation import Analysis, Context, ParamSite, get_tensor
 from .compensation import plan
@@ -290,6 +291,11 @@ class PruningIR:
         if not isinstance(model, nn.Module):
             raise TypeError(f"PruningIR needs a torch.nn.Module, got {type(model).__name__}: "
                             "pass the model object itself")
+        lazy = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if is_lazy(tensor)]
+        if lazy:
+            raise ValueError(f"{type(model).__name__} has uninitialized lazy parameters ({', '.join(lazy[:3])}"
+                             f"{', ...' if len(lazy) > 3 else ''}): run the model once on a real input before "
+                             "building the IR (lazy modules take their shapes from their first call)")
         self.leaf_modules = list(leaf_modules or [])
         self.soft_tracing = soft_tracing
         if getattr(model, "_pruning_traced", False):

@@ -347,3 +347,36 @@ def test_layers_without_a_rule_are_named_even_when_fed_by_the_input():
     s = PruningIR(model.eval(), example_input=torch.randn(1, 3, 9, 9)).snapshot()
     assert s.opaque_ops == ["_0 (torch.nn.utils.parametrize.ParametrizedConv2d)"]
     assert [sorted(s.slices(g[0])) for g in s.groups] == [["2.bias", "2.weight", "4.weight"]]
+
+
+class CachesInForward(nn.Module):
+    """Caches a tensor on itself on its first call, as relative-position and mask caches do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+        self.cache = None
+
+    def forward(self, x):
+        if self.cache is None:
+            self.cache = torch.ones(x.shape[-1])
+        return self.head(torch.relu(self.conv(x)) * self.cache)
+
+
+def test_building_an_ir_leaves_the_models_attributes_as_they_were():
+    # Tracing stored an fx Proxy and the shape pass a fake tensor in `cache`; the model then failed
+    # on its next real call.
+    model, x = CachesInForward().eval(), torch.randn(1, 3, 4, 4)
+    before = dict(model.__dict__)
+    ir = PruningIR(model, example_input=x)
+    assert model.cache is None and model.__dict__.keys() == before.keys()
+    torch.testing.assert_close(model(x), CachesInForward.forward(model, x))
+    assert ir.prune(labels=ir.snapshot().groups[0][:2]).model(x).shape == (1, 2, 4, 4)
+
+
+def test_uninitialized_lazy_modules_are_refused_with_the_fix():
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(3))
+    with pytest.raises(ValueError, match=r"uninitialized lazy parameters \(0.weight, 0.bias, 2.weight, ...\): run the model once"):
+        PruningIR(model, example_input=torch.randn(2, 5))
+    model(torch.randn(2, 5))
+    assert PruningIR(model, example_input=torch.randn(2, 5)).snapshot().groups

@@ -9,6 +9,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from ..channels.propagation import get_tensor
 from ..rules.base import CONSERVATIVE, FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Rule
+from .state import unchanged_attributes
 
 
 def shape_of(value: Any) -> Any:
@@ -151,7 +152,8 @@ def record_shapes(root: nn.Module, args: tuple, kwargs: dict, graph: fx.Graph | 
     their rule computes, which makes it nearly free; an op without a fake-tensor implementation
     makes it run again on the real inputs. Eval mode keeps
     BatchNorm statistics untouched and lets batch-size-1 inputs through; the modes of all modules are
-    restored afterwards (a model already in eval mode is left as it is).
+    restored afterwards (a model already in eval mode is left as it is), and so is whatever the
+    forwards assign to their modules (see :mod:`pruning.tracing.state`).
     """
     graph = root.graph if graph is None else graph
     inputs = bind_inputs(graph, args, kwargs)
@@ -159,7 +161,7 @@ def record_shapes(root: nn.Module, args: tuple, kwargs: dict, graph: fx.Graph | 
     if any(modes.values()):  # setting modes costs more than the pass itself on small models
         root.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), unchanged_attributes(root):
             try:
                 with FakeTensorMode(allow_non_fake_inputs=True) as mode:
                     fake_inputs = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a

@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from .composites import TRACED_FORWARDS
+from .state import unchanged_attributes
 
 #: Modules from outside ``torch.nn`` that the rule registry handles as a whole.
 _EXTRA_LEAF_TYPES: tuple[type, ...] = ()
@@ -94,7 +95,8 @@ def trace_graph(
     while True:
         tracer = _Tracer(tuple(leaf_types), leaf_ids, tuple(leaf_functions))
         try:
-            graph = tracer.trace(model)
+            with unchanged_attributes(model):  # a forward that caches tensors would keep Proxies
+                graph = tracer.trace(model)
             break
         except Exception as error:  # noqa: BLE001 - re-raised with context below
             name = tracer.failed_module
