@@ -3,22 +3,22 @@
 Some forwards cache tensors on their modules (attention masks, relative position indices, rotary
 tables: ``if self.cache is None: self.cache = ...``). Tracing would leave an fx Proxy there and the
 shape pass a fake tensor, and the user's model would then fail on its next real call. Both run inside
-:func:`unchanged_attributes`, which puts every module's attributes, parameters, buffers and submodules
-back as they were.
+:func:`unchanged_attributes`.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
-from torch import nn
+from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 
 @contextmanager
 def unchanged_attributes(root: nn.Module) -> Iterator[None]:
-    """On exit, undo every attribute, parameter, buffer and submodule assignment made on ``root``'s
-    modules inside the block (values are restored as the same objects; tensors changed in place are
-    not copied back, which neither pass does)."""
+    """On exit, put back every attribute, parameter, buffer and submodule of ``root``'s modules that
+    the block reassigned, and drop new ones that hold a Proxy or a fake tensor. New real values stay:
+    the tracer stores the constant tensors its graph reads on the root (``_tensor_constant0``...)."""
     saved = [(module, dict(module.__dict__), dict(module._parameters), dict(module._buffers), dict(module._modules))
              for module in root.modules()]
     try:
@@ -27,6 +27,13 @@ def unchanged_attributes(root: nn.Module) -> Iterator[None]:
         for module, attributes, parameters, buffers, modules in saved:
             for table, before in ((module._parameters, parameters), (module._buffers, buffers),
                                   (module._modules, modules), (module.__dict__, attributes)):
-                if table.keys() != before.keys() or any(table[k] is not v for k, v in before.items()):
-                    table.clear()
-                    table.update(before)
+                for key in [k for k in table if k not in before and _symbolic(table[k])]:
+                    del table[key]
+                for key, value in before.items():
+                    if table.get(key, value) is not value or key not in table:
+                        table[key] = value
+
+
+def _symbolic(value: Any) -> bool:
+    """A value made by tracing or by running on fake tensors."""
+    return isinstance(value, (fx.Proxy, FakeTensor))
