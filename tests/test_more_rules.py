@@ -239,3 +239,24 @@ def test_repeat_interleave_tile_and_unfold_keep_channels_prunable():
     assert [idx.tolist() for d, idx in s.slices(_label_owning(s, "c.weight", 0, 1))["after_unfold.weight"]] == [[1]]
     labels = [label for group in s.groups for label in group[::2]]
     assert equivalence_error(ir, labels, x, dtype=torch.float64) < 1e-10
+
+
+def test_input_channels_of_a_standardised_weight_enter_its_statistics():
+    # NF-Net style: a 1x1 weight standardised per filter with F.batch_norm(training=True): its input
+    # channels are in the statistics, so removing a dead one changes the other weights (valid, not
+    # exact); the exact-equivalence check must not be offered them.
+    class Std(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.w, self.head = nn.Conv2d(3, 6, 1), nn.Parameter(torch.randn(5, 6, 1, 1)), nn.Conv2d(5, 2, 1)
+
+        def forward(self, x):
+            w = F.batch_norm(self.w.reshape(1, 5, -1), None, None, training=True, eps=1e-5).reshape_as(self.w)
+            return self.head(torch.relu(F.conv2d(torch.relu(self.a(x)), w)))
+
+    ir = PruningIR(perturb(Std().eval()), example_input=torch.randn(1, 3, 4, 4))
+    s = ir.snapshot()
+    into_std = _label_owning(s, "a.weight", 0, 0)
+    assert "w" in s.slices(into_std) and s.analysis.normalized[into_std.index]
+    assert not s.analysis.normalized[_label_owning(s, "w", 0, 0).index]
+    assert ir.prune(labels=[into_std]).model(torch.randn(1, 3, 4, 4)).shape == (1, 2, 4, 4)

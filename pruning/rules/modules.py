@@ -31,6 +31,15 @@ def _conv_output(ctx, value: tuple, channel_dim: int, out_ids) -> tuple:
     return tuple(value[:channel_dim]) + (out_ids,) + (None,) * (len(value) - channel_dim - 1)
 
 
+def _statistics_over(ctx, value: tuple, channel_dim: int) -> None:
+    """A norm that computes statistics over every dim but the channel dim (batch norm in training,
+    instance norm): channels found in those dims enter the statistics, so removing one is valid but
+    not exact (as for a LayerNorm's)."""
+    for d, ids in enumerate(value):
+        if d != channel_dim and ids is not None:
+            ctx.space.normalized(ids)
+
+
 class _ShapePreserving(Rule):
     """A module whose output has its input's shape (norms, activations): the shape pass skips it."""
 
@@ -159,6 +168,7 @@ class BatchNormModule(_ShapePreserving):
         for name in ("weight", "bias", "running_mean", "running_var"):
             if getattr(m, name, None) is not None:
                 _tie(ctx, ids, f"{node.target}.{name}", 0)
+        _statistics_over(ctx, value, dim)
         return value
 
     def update_module(self, m):

@@ -881,7 +881,10 @@ class LayerNormFn(Rule):
 
 @register(F.batch_norm, F.instance_norm)
 class BatchNormFn(Rule):
-    """Functional batch/instance norm: every per-channel tensor follows the channel dim."""
+    """Functional batch/instance norm: every per-channel tensor follows the channel dim. Statistics
+    computed from the input (``training=True``; instance norm by default) run over the other dims:
+    channels found there (a weight standardised per filter, as in NF-Nets) enter them, so removing
+    one is valid but not exact."""
 
     def propagate(self, ctx, node):
         vx = ctx.value(node.args[0])
@@ -889,6 +892,11 @@ class BatchNormFn(Rule):
             vp = ctx.value(a) if isinstance(a, fx.Node) else None
             if vp is not None and len(vp) == 1:
                 _contract(ctx, vx[1], vp[0])
+        if arg(node, 5, "use_input_stats" if node.target is F.instance_norm else "training",
+               node.target is F.instance_norm):
+            for d, ids in enumerate(vx):
+                if d != 1 and ids is not None:
+                    ctx.space.normalized(ids)
         return vx
 
 
