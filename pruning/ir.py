@@ -275,7 +275,10 @@ class PruningIR:
         example_input: optional tensor or tuple of positional inputs. The channel analysis needs
             one forward pass; with an example it runs now, without one on the first forward pass
             through the criterion (or ``ir.snapshot().analyze(*inputs)``). This argument is our
-            addition to the seed API; ``PruningIR(model)`` works as documented there.
+            addition to the seed API; ``PruningIR(model)`` works as documented there. With it, the
+            forward's parameters after these inputs that have a plain default (``mask=None``,
+            ``flag=False``) are fixed at it: the traced and pruned models take the branches those
+            defaults take, and passing another value to them raises.
 
     The pruned model (``ir.prune(...).model``) is a ``torch.fx.GraphModule``: its submodules keep
     their names and classes, parameters are physically smaller, and Python branches on
@@ -298,13 +301,15 @@ class PruningIR:
                              "building the IR (lazy modules take their shapes from their first call)")
         self.leaf_modules = list(leaf_modules or [])
         self.soft_tracing = soft_tracing
+        args = None if example_input is None else (
+            example_input if isinstance(example_input, tuple) else (example_input,))
         if getattr(model, "_pruning_traced", False):
             main = Snapshot("main", model)
         else:
-            main = Snapshot("main", model, graph=trace_graph(model, self.leaf_modules, soft_tracing))
+            main = Snapshot("main", model, graph=trace_graph(model, self.leaf_modules, soft_tracing,
+                                                             None if args is None else len(args)))
         self._snapshots = {"main": main}
-        if example_input is not None:
-            args = example_input if isinstance(example_input, tuple) else (example_input,)
+        if args is not None:
             self._snapshots["main"].analyze(*args)
 
     @property

@@ -380,3 +380,30 @@ def test_uninitialized_lazy_modules_are_refused_with_the_fix():
         PruningIR(model, example_input=torch.randn(2, 5))
     model(torch.randn(2, 5))
     assert PruningIR(model, example_input=torch.randn(2, 5)).snapshot().groups
+
+
+class OptionalMask(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x, mask=None, double=False):
+        h = torch.relu(self.a(x))
+        if mask is not None:
+            h = h * mask.view(-1, 1)
+        if double:
+            h = h * 2
+        return self.head(h)
+
+
+def test_optional_arguments_after_the_example_keep_their_defaults():
+    # Traced as proxies, `mask is not None` took the masked branch and the model could not run on x alone.
+    model, x = OptionalMask().eval(), torch.randn(3, 4)
+    ir = PruningIR(model, example_input=x)
+    pruned = ir.prune(labels=ir.snapshot().groups[0][:3]).model
+    assert pruned(x).shape == (3, 2)
+    with pytest.raises(Exception, match="specialized"):
+        pruned(x, torch.ones(3))
+    masked = PruningIR(model, example_input=(x, torch.ones(3)))  # given inputs are traced as inputs
+    out = masked.prune(labels=masked.snapshot().groups[0][:3]).model(x, torch.zeros(3))
+    torch.testing.assert_close(out, model.head.bias.expand(3, 2))

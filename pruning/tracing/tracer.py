@@ -76,9 +76,16 @@ def trace_graph(
     model: nn.Module,
     leaf_modules: Iterable[type | nn.Module] | None = None,
     soft_tracing: bool = True,
+    given_inputs: int | None = None,
 ) -> fx.Graph:
     """Trace ``model`` into a graph whose ``call_module``/``get_attr`` targets name ``model``'s own
-    submodules and tensors (no GraphModule is built: that costs a code generation and a compile)."""
+    submodules and tensors (no GraphModule is built: that costs a code generation and a compile).
+
+    ``given_inputs``: how many positional inputs the model will get; the forward's later parameters
+    with a plain default (None, a bool, number or string: an optional mask, a flag) are fixed at that
+    default, so that ``if mask is not None:`` takes the branch the calls will take.
+    """
+    concrete = _defaults_after(model, given_inputs) if given_inputs is not None else None
     leaf_types: list[type] = []
     leaf_ids: set[int] = set()
     for item in leaf_modules or ():
@@ -96,7 +103,7 @@ def trace_graph(
         tracer = _Tracer(tuple(leaf_types), leaf_ids, tuple(leaf_functions))
         try:
             with unchanged_attributes(model):  # a forward that caches tensors would keep Proxies
-                graph = tracer.trace(model)
+                graph = tracer.trace(model, concrete_args=concrete)
             break
         except Exception as error:  # noqa: BLE001 - re-raised with context below
             name = tracer.failed_module
@@ -136,6 +143,16 @@ def trace_graph(
         if isinstance(node.type, str):
             node.type = None
     return graph
+
+
+def _defaults_after(model: nn.Module, given: int) -> dict[str, object] | None:
+    """The forward's parameters after the first ``given`` that have a plain default, with it."""
+    parameters = list(inspect.signature(model.forward).parameters.values())
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters[:given + 1]):
+        return None
+    plain = (type(None), bool, int, float, str)
+    return {p.name: p.default for p in parameters[given:]
+            if p.kind is not p.VAR_KEYWORD and p.default is not p.empty and isinstance(p.default, plain)} or None
 
 
 def _failing_function(error: BaseException) -> Callable | None:
