@@ -93,7 +93,7 @@ class Snapshot:
         self._example = (_detach(args), _detach(kwargs))
         analysis = Context(self._root, self._graph).run()
         if not analysis.prunable.any():
-            opaque = (f"; ops without a rule here: {', '.join(analysis.opaque[:5])}"
+            opaque = (f"; ops no rule understands here: {', '.join(analysis.opaque[:5])}"
                       f"{f' and {len(analysis.opaque) - 5} more' if len(analysis.opaque) > 5 else ''}"
                       if analysis.opaque else "")
             raise ValueError(

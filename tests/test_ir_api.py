@@ -334,7 +334,7 @@ def test_no_prunable_channel_error_names_the_ops_without_a_rule():
         def forward(self, x):
             return unknown_gate(self.a(x)).sum()
 
-    with pytest.raises(ValueError, match=r"ops without a rule here: unknown_gate \(.*unknown_gate\)"):
+    with pytest.raises(ValueError, match=r"ops no rule understands here: unknown_gate \(.*unknown_gate\)"):
         PruningIR(OnlyOpaque(), example_input=torch.randn(1, 3, 4, 4))
 
 

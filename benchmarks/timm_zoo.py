@@ -1,0 +1,132 @@
+"""One model of every timm family through PruningIR: build, prune half of every group, run, check.
+
+    pip install timm        # not a dependency of the library or of the bench extra
+    python benchmarks/timm_zoo.py [--models convnext_atto vit_small_patch16_224 ...] --json out.json --markdown out.md
+
+A family is a model name up to its first digit or underscore (``resnet``, ``convnext``...); the first
+of its smallest variants (tiny/small/nano..., else the first name) stands for it. Each model runs in
+its own process (random weights, perturbed so that no layer is all zero, ``num_classes=10``, the
+model's own input size): IR build seconds, prunable labels and groups, ops no rule understands
+(``Snapshot.opaque_ops``), parameters left after pruning the first half of every group, whether the
+pruned model runs, and the equivalence error of the exact labels (``pruning.verify``, float64).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SMALL = ("atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "small", "_s", "18", "b0", "050")
+
+
+def families(names: list[str]) -> list[str]:
+    """One model per family: the first name with a small-variant marker, else the family's first."""
+    grouped: dict[str, list[str]] = {}
+    for name in names:
+        grouped.setdefault(re.split(r"[_\d]", name)[0], []).append(name)
+    return [next((n for n in members if any(k in n for k in SMALL)), members[0])
+            for _, members in sorted(grouped.items())]
+
+
+def run_model(name: str) -> dict:
+    import timm
+    import torch
+
+    from pruning import PruningIR
+    from pruning.verify import equivalence_error, perturb
+    from zoo import half_of_every_group
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    row: dict = {"model": name}
+    try:
+        model = perturb(timm.create_model(name, pretrained=False, num_classes=10).eval())
+        size = timm.data.resolve_data_config({}, model=model)["input_size"][1:]
+        x = torch.randn(1, 3, *size)
+        started = time.perf_counter()
+        ir = PruningIR(model, example_input=x)
+        row["build_s"] = time.perf_counter() - started
+        snapshot = ir.snapshot()
+        row["labels"], row["groups"] = len(snapshot.labels), len(snapshot.groups)
+        row["opaque"] = sorted({op.split(" (", 1)[1].rstrip(")") for op in snapshot.opaque_ops})
+        pruned = ir.prune(labels=half_of_every_group(snapshot)).model
+        with torch.no_grad():
+            row["runs"] = tuple(pruned(x).shape) == (1, 10)
+        row["params"] = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
+        exact = half_of_every_group(snapshot, exact_only=True)
+        row["equivalence_error"] = equivalence_error(ir, exact, x, dtype=torch.float64) if exact else None
+    except Exception as error:  # noqa: BLE001 - the table reports failures
+        row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    return row
+
+
+def run_isolated(name: str, timeout: float) -> dict:
+    """``run_model`` in a fresh process (memory and any crash stay there)."""
+    try:
+        done = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "error": f"timeout after {timeout:.0f}s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"model": name, "error": f"crashed (exit {done.returncode}): {done.stderr.strip()[-200:]}"}
+    return json.loads(lines[-1])
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | labels | groups | build s | params left | runs | equiv. err | ops no rule understands |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | | | | | **error** | | {r['error'][:120].replace('|', '/')} |")
+            continue
+        err = "-" if r["equivalence_error"] is None else f"{r['equivalence_error']:.1e}"
+        lines.append(f"| {r['model']} | {r['labels']} | {r['groups']} | {r['build_s']:.2f} | {r['params']:.2f} | "
+                     f"{'ok' if r['runs'] else '**no**'} | {err} | {', '.join(r['opaque'])} |")
+    ok = [r for r in rows if r.get("runs")]
+    exact = [r for r in ok if r["equivalence_error"] is not None and r["equivalence_error"] < 1e-6]
+    lines += ["", f"**{len(ok)}/{len(rows)} prune and run; {len(exact)} of them exact (equivalence error < 1e-6) on "
+              f"their exact labels; {sum(1 for r in ok if not r['opaque'])} with every op understood.**"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", help="default: one per timm family")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per model (default 300)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_model(args.child)), flush=True)
+        return
+    import timm
+
+    names = args.models or families(timm.list_models())
+    rows = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for row in pool.map(lambda n: run_isolated(n, args.timeout), names):
+            rows.append(row)
+            print(row["model"], row.get("error") or f"ok params {row['params']:.2f} opaque {row['opaque']}", flush=True)
+            if args.json:
+                args.json.with_suffix(".tmp").write_text(json.dumps(rows, indent=1))
+                args.json.with_suffix(".tmp").replace(args.json)
+    table = markdown(rows)
+    print("\n" + table.splitlines()[-1])
+    if args.markdown:
+        args.markdown.write_text(f"timm {timm.__version__}, from `python benchmarks/timm_zoo.py`\n\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
