@@ -260,3 +260,50 @@ def test_input_channels_of_a_standardised_weight_enter_its_statistics():
     assert "w" in s.slices(into_std) and s.analysis.normalized[into_std.index]
     assert not s.analysis.normalized[_label_owning(s, "w", 0, 0).index]
     assert ir.prune(labels=[into_std]).model(torch.randn(1, 3, 4, 4)).shape == (1, 2, 4, 4)
+
+
+def roll_last(x):
+    return torch.roll(x, 1, dims=-1)
+
+
+torch.fx.wrap("roll_last")
+
+
+def test_rules_registered_by_qualified_name_apply_to_that_function():
+    from pruning.rules import Rule, register_rule
+    from pruning.rules.base import NAMED_FUNCTION_RULES
+
+    class PassThrough(Rule):
+        def propagate(self, ctx, node):
+            return ctx.value(node.args[0])
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv1d(3, 6, 1), nn.Conv1d(6, 2, 1)
+
+        def forward(self, x):
+            return self.b(roll_last(self.a(x)))
+
+    x = torch.randn(1, 3, 5)
+    with pytest.raises(ValueError, match="roll_last"):
+        PruningIR(Net().eval(), example_input=x)
+    register_rule(f"{__name__}.roll_last", PassThrough())
+    try:
+        ir = PruningIR(perturb(Net().eval()), example_input=x)
+        assert ir.snapshot().opaque_ops == [] and len(ir.snapshot().labels) == 6
+        assert equivalence_error(ir, ir.snapshot().labels[::2], x) < 1e-6
+    finally:
+        del NAMED_FUNCTION_RULES[f"{__name__}.roll_last"]
+
+
+def test_timm_same_padding_convolutions_prune():
+    layers = pytest.importorskip("timm.layers")
+    model = nn.Sequential(layers.Conv2dSame(3, 8, 3, stride=2), nn.ReLU(), layers.Conv2dSame(8, 4, 3, groups=4),
+                          nn.ReLU(), nn.Conv2d(4, 2, 1))
+    x = torch.randn(1, 3, 9, 9)
+    ir = PruningIR(perturb(model.eval()), example_input=x)
+    s = ir.snapshot()
+    assert s.opaque_ops == [] and len(s.groups) == 1
+    assert equivalence_error(ir, s.groups[0][:2], x, dtype=torch.float64) < 1e-10
+    assert ir.prune(labels=s.groups[0][:2]).model(x).shape == (1, 2, 5, 5)

@@ -97,6 +97,8 @@ CONSERVATIVE = Conservative()
 MODULE_RULES: dict[type, Rule] = {}
 FUNCTION_RULES: dict[Callable, Rule] = {}
 METHOD_RULES: dict[str, Rule] = {}
+#: Rules for functions of other libraries, by qualified name, so that registering needs no import.
+NAMED_FUNCTION_RULES: dict[str, Rule] = {}
 
 
 def register(*keys: type | Callable | str) -> Callable[[type[Rule]], type[Rule]]:
@@ -116,8 +118,11 @@ def register(*keys: type | Callable | str) -> Callable[[type[Rule]], type[Rule]]
 
 
 def register_rule(key: type | Callable | str, rule: Rule) -> None:
-    """Register ``rule`` for a module type, a method name or a function."""
-    if isinstance(key, str):
+    """Register ``rule`` for a module type, a method name (``"view"``), a function, or a function by
+    its qualified name (``"timm.layers.padding.pad_same"``: any name with a dot)."""
+    if isinstance(key, str) and "." in key:
+        NAMED_FUNCTION_RULES[key] = rule
+    elif isinstance(key, str):
         METHOD_RULES[key] = rule
     elif isinstance(key, type) and issubclass(key, nn.Module):
         MODULE_RULES[key] = rule
@@ -141,7 +146,11 @@ def lookup(node: fx.Node, module: nn.Module | None) -> Rule:
             return CONSERVATIVE
         return MODULE_RULES.get(type(module), CONSERVATIVE)
     if node.op == "call_function":
-        return FUNCTION_RULES.get(node.target, CONSERVATIVE)
+        rule = FUNCTION_RULES.get(node.target)
+        if rule is None:
+            target = node.target
+            rule = NAMED_FUNCTION_RULES.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}")
+        return rule or CONSERVATIVE
     if node.op == "call_method":
         return METHOD_RULES.get(node.target, CONSERVATIVE)
     raise ValueError(f"no rules for node kind {node.op}")
