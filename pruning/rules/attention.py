@@ -1,11 +1,11 @@
 """``nn.MultiheadAttention``: model width, query/key and value features pruned independently."""
 from __future__ import annotations
 
-import numpy as np
 from torch import nn
 
 from ..pruned_modules import PrunedMultiheadAttention
 from .base import CONSERVATIVE, Rule, arg, register
+from .common import packed_heads
 from .tensor_ops import _contract
 
 
@@ -37,13 +37,7 @@ class MultiheadAttentionRule(Rule):
         ctx.internal(rows)
         if m.in_proj_bias is not None:
             ctx.space.merge(rows, ctx.param_axis(f"{name}.in_proj_bias", 0))
-        heads = m.num_heads
-        qk, vd = _widths(m)
-        q, k, v = np.split(rows, [heads * qk, 2 * heads * qk])
-        ctx.space.merge(q, k)
-        for part, width in ((q, qk), (v, vd)):
-            grid = part.reshape(heads, width)
-            ctx.space.merge(grid, grid[:1])
+        v = packed_heads(ctx, rows, m.num_heads, *_widths(m))
         _contract(ctx, v, ctx.param_axis(f"{name}.out_proj.weight", 1))
         out = ctx.param_axis(f"{name}.out_proj.weight", 0)
         if m.out_proj.bias is not None:

@@ -156,6 +156,11 @@ def lookup(node: fx.Node, module: nn.Module | None) -> Rule:
     raise ValueError(f"no rules for node kind {node.op}")
 
 
+def target_name(node: fx.Node) -> str:
+    """The name of what a call node calls: a method name, or a function's ``__name__``."""
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
 def normalize_dim(dim: int, ndim: int) -> int:
     """A non-negative dimension index."""
     return dim + ndim if dim < 0 else dim

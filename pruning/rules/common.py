@@ -167,3 +167,15 @@ def pixel_shuffle(ctx, value: tuple, factor: int, inverse: bool) -> tuple:
     runs = ids.reshape(-1, factor * factor)
     ctx.space.merge(runs, np.repeat(runs[:, :1], factor * factor, axis=1))
     return (*lead, np.ascontiguousarray(runs[:, 0]), None, None)
+
+
+def packed_heads(ctx, rows: np.ndarray, heads: int, qk: int, vd: int) -> np.ndarray:
+    """Channels of a packed q/k/v projection's rows (``heads * qk`` query, as many key, ``heads * vd``
+    value features): queries and keys are contracted together, and feature ``j`` of every head is
+    one label, so that all heads keep one width. Returns the value features' ids."""
+    q, k, v = np.split(rows, [heads * qk, 2 * heads * qk])
+    ctx.space.merge(q, k)
+    for part, width in ((q, qk), (v, vd)):
+        grid = part.reshape(heads, width)
+        ctx.space.merge(grid, grid[:1])
+    return v

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..pruned_modules import pruned_shifted_window_attention
 from .base import CONSERVATIVE, Fixed, Rule, arg, register_rule
+from .common import packed_heads
 from .tensor_ops import _contract
 
 
@@ -35,17 +36,12 @@ class ShiftedWindowAttention(Rule):
         rows = vw[0]
         ctx.internal(rows)
         qk, vd = _window_widths(node, ctx.shape(x)[-1], heads)
-        q, k, v = np.split(rows, [heads * qk, 2 * heads * qk])
-        ctx.space.merge(q, k)
-        for part, width in ((q, qk), (v, vd)):
-            grid = part.reshape(heads, width)
-            ctx.space.merge(grid, grid[:1])
-        _contract(ctx, v, vp[1])
+        _contract(ctx, packed_heads(ctx, rows, heads, qk, vd), vp[1])
         for bias, ids in ((arg(node, 9, "qkv_bias"), rows), (arg(node, 10, "proj_bias"), vp[0])):
             if bias is not None:
                 _contract(ctx, ids, ctx.value(bias)[0])
         if arg(node, 11, "logit_scale") is not None:
-            ctx.space.normalized(q)
+            ctx.space.normalized(rows[:2 * heads * qk])  # cosine attention normalises q and k
             ctx.block_value(ctx.value(arg(node, 11, "logit_scale")))
         ctx.block_value(ctx.value(node.args[3]))  # relative position bias: per head
         return (None, None, None, vp[0])

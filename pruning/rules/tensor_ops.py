@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .base import Rule, arg, flatten_args, is_size, normalize_dim, register
+from .base import Rule, arg, flatten_args, is_size, normalize_dim, register, target_name
 from ..channels.values import SizeOf
 from .common import broadcast, group_norm_channels, merge_in_groups, pixel_shuffle, reshape, spatial
 
@@ -158,7 +158,7 @@ class Reshape(Rule):
 
     def rewrite(self, rw, node):
         new, ids = rw.new_shape(node), rw.ids(node)
-        name = node.target if isinstance(node.target, str) else node.target.__name__
+        name = target_name(node)
         if name in ("view", "reshape"):
             sizes = node.args[1:]
             if not sizes:
@@ -184,7 +184,7 @@ def _size_items(node: fx.Node) -> list:
 def _check_sizes(ctx, node: fx.Node, out: tuple) -> None:
     """Sizes read from tensors may only set output dims that hold channels (those are rewritten
     after pruning); elsewhere the channels they were read from must not be pruned."""
-    name = node.target if isinstance(node.target, str) else node.target.__name__
+    name = target_name(node)
     items = _size_items(node) if name in ("view", "reshape", "expand", "broadcast_to") else \
         flatten_args(node.args[1:]) + flatten_args(node.kwargs.values())
     for position, item in enumerate(items):
@@ -213,7 +213,7 @@ class Permute(Rule):
     def propagate(self, ctx, node):
         x = node.args[0]
         value, nd = ctx.value(x), len(ctx.shape(x))
-        name = node.target if isinstance(node.target, str) else node.target.__name__
+        name = target_name(node)
         order = list(range(nd))
         if name == "permute":
             dims = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (tuple, list)) \
@@ -539,7 +539,7 @@ class Reduce(Rule):
     def propagate(self, ctx, node):
         x = node.args[0]
         value, nd = ctx.value(x), len(ctx.shape(x))
-        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        name = target_name(node)
         at = 2 if name in ("norm", "vector_norm") else 1
         dims = arg(node, at, "dim", None)
         out_shape = ctx.shape(node)
@@ -587,7 +587,7 @@ class Flip(Rule):
 
     def propagate(self, ctx, node):
         value, nd = ctx.value(node.args[0]), len(ctx.shape(node.args[0]))
-        name = node.target if isinstance(node.target, str) else node.target.__name__
+        name = target_name(node)
         if name in ("fliplr", "flipud"):
             dims = [1 if name == "fliplr" else 0]
         else:
@@ -605,7 +605,7 @@ class PixelShuffleFn(Rule):
     """``F.pixel_shuffle`` / ``F.pixel_unshuffle``; see ``common.pixel_shuffle``."""
 
     def propagate(self, ctx, node):
-        name = node.target if isinstance(node.target, str) else node.target.__name__
+        name = target_name(node)
         factor = arg(node, 1, "upscale_factor" if name == "pixel_shuffle" else "downscale_factor")
         if not isinstance(factor, int):
             ctx.block_value(ctx.value(node.args[0]))
