@@ -179,3 +179,12 @@ def packed_heads(ctx, rows: np.ndarray, heads: int, qk: int, vd: int) -> np.ndar
         grid = part.reshape(heads, width)
         ctx.space.merge(grid, grid[:1])
     return v
+
+
+def statistics_over(ctx, value: tuple, channel_dim: int) -> None:
+    """A norm that computes statistics over every dim but the channel dim (batch norm in training,
+    instance norm): channels found in those dims enter the statistics, so removing one is valid but
+    not exact (as for a LayerNorm's)."""
+    for d, ids in enumerate(value):
+        if d != channel_dim and ids is not None:
+            ctx.space.normalized(ids)

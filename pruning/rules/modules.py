@@ -5,9 +5,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Rule, register
-from .common import group_norm_channels, pixel_shuffle, reshape, spatial
-from .tensor_ops import conv_channels
+from .base import CONSERVATIVE, Rule, register
+from .common import group_norm_channels, pixel_shuffle, reshape, spatial, statistics_over
+from .tensor_ops import _contract, conv_channels
 
 
 def _input(ctx, node):
@@ -29,15 +29,6 @@ def _conv_output(ctx, value: tuple, channel_dim: int, out_ids) -> tuple:
     "length") are mixed by the kernel: blocked."""
     ctx.block_value(value[channel_dim + 1:])
     return tuple(value[:channel_dim]) + (out_ids,) + (None,) * (len(value) - channel_dim - 1)
-
-
-def _statistics_over(ctx, value: tuple, channel_dim: int) -> None:
-    """A norm that computes statistics over every dim but the channel dim (batch norm in training,
-    instance norm): channels found in those dims enter the statistics, so removing one is valid but
-    not exact (as for a LayerNorm's)."""
-    for d, ids in enumerate(value):
-        if d != channel_dim and ids is not None:
-            ctx.space.normalized(ids)
 
 
 class _ShapePreserving(Rule):
@@ -168,7 +159,7 @@ class BatchNormModule(_ShapePreserving):
         for name in ("weight", "bias", "running_mean", "running_var"):
             if getattr(m, name, None) is not None:
                 _tie(ctx, ids, f"{node.target}.{name}", 0)
-        _statistics_over(ctx, value, dim)
+        statistics_over(ctx, value, dim)
         return value
 
     def update_module(self, m):
@@ -316,14 +307,9 @@ class MaxUnpoolModule(Rule):
         value, shape = _input(ctx, node)
         indices = ctx.value(node.args[1]) if len(node.args) > 1 else ctx.value(node.kwargs.get("indices"))
         if len(node.args) > 2 or node.kwargs.get("output_size") is not None or indices is None:
-            ctx.block_value(value)
-            ctx.block_value(indices)
-            return None
+            return CONSERVATIVE.propagate(ctx, node)
         for a, b in zip(value, indices):
-            if a is not None and b is not None:
-                ctx.space.merge(a, b)
-            elif a is not None or b is not None:
-                ctx.space.block(a if a is not None else b)
+            _contract(ctx, a, b)
         k = {nn.MaxUnpool1d: 1, nn.MaxUnpool2d: 2, nn.MaxUnpool3d: 3}[type(ctx.module(node))]
         return spatial(ctx, value, shape, ctx.shape(node), k)
 

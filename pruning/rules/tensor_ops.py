@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .base import Rule, arg, flatten_args, is_size, normalize_dim, register, target_name
+from .base import CONSERVATIVE, Rule, arg, flatten_args, is_size, normalize_dim, register, target_name
 from ..channels.values import SizeOf
-from .common import broadcast, group_norm_channels, merge_in_groups, pixel_shuffle, reshape, spatial
+from .common import broadcast, group_norm_channels, merge_in_groups, pixel_shuffle, reshape, spatial, statistics_over
 
 # --------------------------------------------------------------------------------------------
 # Elementwise
@@ -355,8 +355,7 @@ class RepeatInterleave(Rule):
         value, shape = ctx.value(x), ctx.shape(x)
         repeats, dim = arg(node, 1, "repeats"), arg(node, 2, "dim")
         if not isinstance(repeats, int) or not isinstance(dim, int):
-            ctx.block_value(value)
-            return ctx.untracked(ctx.shape(node))
+            return CONSERVATIVE.propagate(ctx, node)
         dim = normalize_dim(dim, len(shape))
         ids = value[dim]
         return value[:dim] + (None if ids is None else np.repeat(ids, repeats),) + value[dim + 1:]
@@ -373,8 +372,7 @@ class Tile(Rule):
         sizes = node.args[1:] if len(node.args) > 2 else arg(node, 1, "dims" if node.target is torch.tile else "repeats")
         sizes = [sizes] if isinstance(sizes, int) else sizes
         if not isinstance(sizes, (list, tuple)) or not all(isinstance(r, int) for r in sizes):
-            ctx.block_value(value)
-            return ctx.untracked(ctx.shape(node))
+            return CONSERVATIVE.propagate(ctx, node)
         sizes = [1] * (len(shape) - len(sizes)) + list(sizes)  # tile pads short sizes with ones
         lead = len(sizes) - len(shape)
         return (None,) * lead + tuple(None if ids is None else np.tile(ids, r) for ids, r in zip(value, sizes[lead:]))
@@ -390,8 +388,7 @@ class Unfold(Rule):
         value, shape = ctx.value(x), ctx.shape(x)
         dim = arg(node, 1, "dimension")
         if not isinstance(dim, int):
-            ctx.block_value(value)
-            return ctx.untracked(ctx.shape(node))
+            return CONSERVATIVE.propagate(ctx, node)
         dim = normalize_dim(dim, len(shape))
         if value[dim] is not None:
             ctx.space.block(value[dim])
@@ -594,8 +591,7 @@ class Flip(Rule):
             dims = arg(node, 1, "dims")
             dims = list(node.args[1:]) if len(node.args) > 2 else ([dims] if isinstance(dims, int) else dims)
         if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) for d in dims):
-            ctx.block_value(value)
-            return ctx.untracked(ctx.shape(node))
+            return CONSERVATIVE.propagate(ctx, node)
         flipped = {normalize_dim(d, nd) for d in dims}
         return tuple(ids[::-1].copy() if d in flipped and ids is not None else ids for d, ids in enumerate(value))
 
@@ -608,8 +604,7 @@ class PixelShuffleFn(Rule):
         name = target_name(node)
         factor = arg(node, 1, "upscale_factor" if name == "pixel_shuffle" else "downscale_factor")
         if not isinstance(factor, int):
-            ctx.block_value(ctx.value(node.args[0]))
-            return None
+            return CONSERVATIVE.propagate(ctx, node)
         return pixel_shuffle(ctx, ctx.value(node.args[0]), factor, inverse=name == "pixel_unshuffle")
 
 
@@ -689,9 +684,7 @@ class Einsum(Rule):
         letters = None if operands is None else \
             _einsum_letters(node.args[0], [len(ctx.shape(op)) for op in operands])
         if letters is None:
-            for value in ctx.input_values(node):
-                ctx.block_value(value)
-            return ctx.untracked(ctx.shape(node))
+            return CONSERVATIVE.propagate(ctx, node)
         inputs, output = letters
         dims: dict[str, list[tuple[int, Any, int]]] = {}
         for k, (subs, op) in enumerate(zip(inputs, operands)):
@@ -894,9 +887,7 @@ class BatchNormFn(Rule):
                 _contract(ctx, vx[1], vp[0])
         if arg(node, 5, "use_input_stats" if node.target is F.instance_norm else "training",
                node.target is F.instance_norm):
-            for d, ids in enumerate(vx):
-                if d != 1 and ids is not None:
-                    ctx.space.normalized(ids)
+            statistics_over(ctx, vx, 1)
         return vx
 
 
