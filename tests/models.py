@@ -183,6 +183,23 @@ class PixelShuffles(nn.Module):
         return self.head(self.unpool(pooled, indices))
 
 
+class Im2Col(nn.Module):
+    """Patches by im2col (nn.Unfold) into a linear over each patch's C*k*k values, back by F.fold (col2im)
+    and again by F.unfold, as in timm's TNT and VOLO."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.unfold = nn.Conv2d(3, 4, 3, padding=1), nn.Unfold(2, stride=2)
+        self.proj = nn.Linear(16, 12)  # 4 channels x 4 kernel positions -> 3 channels x 4 positions
+        self.head = nn.Conv2d(3, 5, 1)
+        self.fc = nn.Linear(5 * 4, 2)
+
+    def forward(self, x):
+        cols = self.proj(self.unfold(self.a(x)).transpose(1, 2)).transpose(1, 2)
+        y = self.head(F.fold(cols, x.shape[-2:], kernel_size=2, stride=2))
+        return self.fc(F.unfold(y, (2, 2), stride=2).transpose(1, 2))
+
+
 class BilinearHead(nn.Module):
     """nn.Bilinear on two projections of the tokens."""
 
@@ -306,7 +323,7 @@ class SqueezeExcite(nn.Module):
 
 
 IMAGE_MODELS = [Residual, Concat, SplitChunk, Shuffle, Grouped, FlattenLinear, ChannelsLast, SqueezeExcite,
-                FunctionalPReLU, PixelShuffles, StdConv]
+                FunctionalPReLU, PixelShuffles, StdConv, Im2Col]
 TOKEN_MODELS = {Attention: (2, 5, 12), SDPA: (2, 5, 16), EinsumAttention: (2, 5, 12), BilinearHead: (2, 5, 12),
                 Recurrent: (2, 5, 12), TimmStyleBlock: (2, 5, 12)}
 

@@ -10,7 +10,7 @@ from torch import nn
 from pruning import PruningIR
 from pruning.verify import equivalence_error, perturb
 
-from models import BilinearHead, EinsumAttention, FunctionalPReLU, PixelShuffles, Recurrent
+from models import BilinearHead, EinsumAttention, FunctionalPReLU, Im2Col, PixelShuffles, Recurrent
 
 
 def owners(ir: PruningIR) -> list[set[str]]:
@@ -136,6 +136,32 @@ def test_pixel_shuffles_flip_and_unpool_map_channels():
     pruned = ir.prune(labels=[group[0] for group in s.groups]).model
     assert (pruned.b.in_channels, pruned.b.out_channels, pruned.c.in_channels) == (20, 12, 3)
     assert pruned(torch.randn(1, 3, 8, 8)).shape == (1, 4, 8, 8)
+
+
+def test_unfold_spreads_channels_over_kernel_positions_and_fold_packs_them():
+    ir = PruningIR(Im2Col().eval(), example_input=torch.randn(2, 3, 8, 8))
+    s = ir.snapshot()
+    assert s.opaque_ops == []
+    # nn.Unfold: a's channel 1 becomes proj's inputs 4..7 (its four kernel positions)
+    assert [idx.tolist() for d, idx in s.slices(_label_owning(s, "a.weight", 0, 1))["proj.weight"]] == [[4, 5, 6, 7]]
+    # F.fold: proj's outputs 8..11 sum into the head's input channel 2, one label
+    assert [idx.tolist() for d, idx in s.slices(_label_owning(s, "head.weight", 1, 2))["proj.weight"]] == [[8, 9, 10, 11]]
+    pruned = ir.prune(labels=[group[0] for group in s.groups]).model
+    assert (pruned.proj.in_features, pruned.proj.out_features, pruned.head.out_channels, pruned.fc.in_features) == (12, 8, 4, 16)
+    assert pruned(torch.randn(2, 3, 8, 8)).shape == (2, 16, 2)
+
+
+def test_fold_with_a_computed_kernel_size_keeps_its_channels_and_says_so():
+    class Computed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(6, 8)
+
+        def forward(self, x):  # (1, 16, 6) tokens -> 2 channels x 2x2 kernel, the size read from the input
+            return F.fold(self.proj(x).transpose(1, 2), (8, 8), kernel_size=x.shape[-1] // 3, stride=2)
+
+    with pytest.raises(ValueError, match=r"no prunable channel.*fold \(torch.nn.functional.fold\)"):
+        PruningIR(Computed().eval(), example_input=torch.randn(1, 16, 6))
 
 
 def test_bilinear_prunes_both_inputs_and_its_outputs():

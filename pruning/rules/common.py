@@ -149,24 +149,53 @@ def group_norm_channels(ctx, ids: np.ndarray | None, groups: int, affine: list[n
         ctx.space.merge(ids, param_ids)
 
 
-def pixel_shuffle(ctx, value: tuple, factor: int, inverse: bool) -> tuple:
-    """``pixel_shuffle`` (``inverse``: ``pixel_unshuffle``) by ``factor`` on (..., C, H, W).
+def spread(ids: np.ndarray | None, run: int) -> np.ndarray | None:
+    """Each channel becomes ``run`` consecutive channels that carry its id (space-to-depth, im2col)."""
+    return None if ids is None else np.repeat(ids, run)
 
-    Shuffling packs each run of ``factor**2`` channels into one output channel, so the run is one label;
-    unshuffling spreads each channel over ``factor**2`` consecutive output channels, which repeat its
-    id. Channels in H or W are blocked (their size changes).
-    """
+
+def pack(ctx, ids: np.ndarray | None, run: int) -> np.ndarray | None:
+    """Each run of ``run`` consecutive channels becomes one channel (depth-to-space, col2im): the run is one
+    label, whose id the output channel carries."""
+    if ids is None:
+        return None
+    runs = ids.reshape(-1, run)
+    ctx.space.merge(runs, np.repeat(runs[:, :1], run, axis=1))
+    return np.ascontiguousarray(runs[:, 0])
+
+
+def pixel_shuffle(ctx, value: tuple, factor: int, inverse: bool) -> tuple:
+    """``pixel_shuffle`` (``inverse``: ``pixel_unshuffle``) by ``factor`` on (..., C, H, W): shuffling
+    packs each run of ``factor**2`` channels into one output channel, unshuffling spreads each channel
+    over ``factor**2`` consecutive ones. Channels in H or W are blocked (their size changes)."""
     *lead, ids, h, w = value
     for spatial_ids in (h, w):
         if spatial_ids is not None:
             ctx.space.block(spatial_ids)
-    if ids is None:
-        return (*lead, None, None, None)
+    ids = spread(ids, factor * factor) if inverse else pack(ctx, ids, factor * factor)
+    return (*lead, ids, None, None)
+
+
+def window_size(kernel_size: Any) -> int | None:
+    """Kernel positions of an ``unfold``/``fold`` kernel size (an int or a pair), None if not a literal."""
+    sizes = [kernel_size] * 2 if isinstance(kernel_size, int) else kernel_size
+    if isinstance(sizes, (tuple, list)) and len(sizes) == 2 and all(isinstance(k, int) and not isinstance(k, bool) for k in sizes):
+        return sizes[0] * sizes[1]
+    return None
+
+
+def im2col(ctx, value: tuple, window: int, inverse: bool) -> tuple:
+    """``unfold`` (im2col; ``inverse``: ``fold``, col2im) with ``window`` kernel positions: unfolding
+    (..., C, H, W) spreads each channel over ``window`` consecutive rows of (..., C*window, L); folding sums
+    each run of ``window`` rows of (..., C*window, L) into one channel of (..., C, H, W). Channels in the
+    spatial dims or in L are blocked (those dims are rearranged)."""
+    *lead, ids = value[:-1] if inverse else value[:-2]
+    for other in value[-1:] if inverse else value[-2:]:
+        if other is not None:
+            ctx.space.block(other)
     if inverse:
-        return (*lead, np.repeat(ids, factor * factor), None, None)
-    runs = ids.reshape(-1, factor * factor)
-    ctx.space.merge(runs, np.repeat(runs[:, :1], factor * factor, axis=1))
-    return (*lead, np.ascontiguousarray(runs[:, 0]), None, None)
+        return (*lead, pack(ctx, ids, window), None, None)
+    return (*lead, spread(ids, window), None)
 
 
 def packed_heads(ctx, rows: np.ndarray, heads: int, qk: int, vd: int) -> np.ndarray:

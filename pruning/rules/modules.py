@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .base import CONSERVATIVE, Rule, register
-from .common import group_norm_channels, pixel_shuffle, reshape, spatial, statistics_over
+from .common import group_norm_channels, im2col, pixel_shuffle, reshape, spatial, statistics_over, window_size
 from .tensor_ops import _contract, conv_channels
 
 
@@ -322,6 +322,18 @@ class PixelShuffleModule(Rule):
         m = ctx.module(node)
         inverse = isinstance(m, nn.PixelUnshuffle)
         return pixel_shuffle(ctx, _input(ctx, node)[0], m.downscale_factor if inverse else m.upscale_factor, inverse)
+
+
+@register(nn.Unfold, nn.Fold)
+class Im2ColModule(Rule):
+    """nn.Unfold (im2col) / nn.Fold (col2im); see ``common.im2col``."""
+
+    def propagate(self, ctx, node):
+        m = ctx.module(node)
+        window = window_size(m.kernel_size)
+        if window is None:
+            return CONSERVATIVE.propagate(ctx, node)
+        return im2col(ctx, _input(ctx, node)[0], window, inverse=isinstance(m, nn.Fold))
 
 
 @register(nn.Softmax2d, nn.LocalResponseNorm, nn.CrossMapLRN2d)

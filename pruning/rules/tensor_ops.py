@@ -12,7 +12,8 @@ from torch import fx
 
 from .base import CONSERVATIVE, Rule, arg, flatten_args, is_size, normalize_dim, register, target_name
 from ..channels.values import SizeOf
-from .common import broadcast, group_norm_channels, merge_in_groups, pixel_shuffle, reshape, spatial, statistics_over
+from .common import (broadcast, group_norm_channels, im2col, merge_in_groups, pixel_shuffle, reshape, spatial,
+                     statistics_over, window_size)
 
 # --------------------------------------------------------------------------------------------
 # Elementwise
@@ -606,6 +607,18 @@ class PixelShuffleFn(Rule):
         if not isinstance(factor, int):
             return CONSERVATIVE.propagate(ctx, node)
         return pixel_shuffle(ctx, ctx.value(node.args[0]), factor, inverse=name == "pixel_unshuffle")
+
+
+@register(F.unfold, F.fold)
+class Im2ColFn(Rule):
+    """``F.unfold`` (im2col) / ``F.fold`` (col2im); see ``common.im2col``."""
+
+    def propagate(self, ctx, node):
+        inverse = node.target is F.fold
+        window = window_size(arg(node, 2, "kernel_size") if inverse else arg(node, 1, "kernel_size"))
+        if window is None:
+            return CONSERVATIVE.propagate(ctx, node)
+        return im2col(ctx, ctx.value(node.args[0]), window, inverse)
 
 
 # --------------------------------------------------------------------------------------------
