@@ -306,8 +306,7 @@ class PruningIR:
         if getattr(model, "_pruning_traced", False):
             main = Snapshot("main", model)
         else:
-            main = Snapshot("main", model, graph=trace_graph(model, self.leaf_modules, soft_tracing,
-                                                             None if args is None else len(args)))
+            main = Snapshot("main", model, graph=trace_graph(model, self.leaf_modules, soft_tracing, example=args))
         self._snapshots = {"main": main}
         if args is not None:
             self._snapshots["main"].analyze(*args)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .base import CONSERVATIVE, Rule, arg, flatten_args, is_size, normalize_dim, register, target_name
+from .base import CONSERVATIVE, Fixed, Rule, arg, flatten_args, is_size, normalize_dim, register, target_name
 from ..channels.values import SizeOf
 from .common import (broadcast, group_norm_channels, im2col, merge_in_groups, pixel_shuffle, reshape, spatial,
                      statistics_over, window_size)
@@ -77,8 +77,32 @@ class Elementwise(Rule):
         return tuple(shape)
 
 
+_COMPARISONS = [
+    operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.and_, operator.or_,
+    operator.xor, torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge, torch.logical_and, torch.logical_or,
+    torch.logical_xor, "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor",
+]
+
+
+@register(*_COMPARISONS)
+class Comparison(Elementwise):
+    """Comparisons and logical ops: on tensors, elementwise (channels pass as for arithmetic; the bool
+    output's dtype differs from the inputs', so no shape is computed ahead); on sizes, a condition that
+    remembers the channels whose counts it read."""
+
+    def call_shape(self, target, args, kwargs):
+        return None
+
+
+@register(torch._assert)
+class SizeGuard(Fixed):
+    """``torch._assert(condition, message)``, as the tracer puts after each branch on sizes
+    (:mod:`pruning.tracing.sizes`): channels whose counts the condition read are kept, so that pruning
+    never changes what the condition computes."""
+
+
 _UNARY_FUNCTIONS = [
-    operator.neg, abs, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.log,
+    operator.neg, operator.not_, abs, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.log,
     torch.abs, torch.neg, torch.sqrt, torch.rsqrt, torch.clamp, torch.clip, torch.erf, torch.sin,
     torch.cos, torch.square, torch.reciprocal, torch.sign, torch.zeros_like, torch.ones_like,
     torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like, torch.detach,
@@ -261,14 +285,25 @@ class Expand(Rule):
             node.args = (node.args[0], fixed) if packed else (node.args[0], *fixed)
 
 
+def _operands(ctx, tensors: Any) -> tuple[list, list] | None:
+    """Values and shapes of the tensors given to cat/stack: a list of them, or one node holding a tuple
+    (``torch.cat(torch.split(x, 1))``); None if that node's value is not a sequence of tensors."""
+    if isinstance(tensors, fx.Node):
+        values, shapes = ctx.value(tensors), ctx.shape(tensors)
+        ok = isinstance(values, list) and isinstance(shapes, list) and all(isinstance(v, tuple) for v in values)
+        return (values, shapes) if ok else None
+    return [ctx.value(t) for t in tensors], [ctx.shape(t) for t in tensors]
+
+
 @register(torch.cat, torch.concat, torch.concatenate)
 class Cat(Rule):
     """Concatenation: ids are concatenated along ``dim``, other dims are pruned together."""
 
     def propagate(self, ctx, node):
-        tensors = arg(node, 0, "tensors")
-        values = [ctx.value(t) for t in tensors]
-        shapes = [ctx.shape(t) for t in tensors]
+        operands = _operands(ctx, arg(node, 0, "tensors"))
+        if operands is None:
+            return CONSERVATIVE.propagate(ctx, node)
+        values, shapes = operands
         out_shape = ctx.shape(node)
         nd = len(out_shape)
         dim = normalize_dim(arg(node, 1, "dim", 0), nd)
@@ -291,11 +326,12 @@ class Stack(Rule):
     """Stacking adds a new dim with no channels; the inputs' dims are pruned together."""
 
     def propagate(self, ctx, node):
-        tensors = arg(node, 0, "tensors")
+        operands = _operands(ctx, arg(node, 0, "tensors"))
+        if operands is None:
+            return CONSERVATIVE.propagate(ctx, node)
         out_shape = ctx.shape(node)
         dim = normalize_dim(arg(node, 1, "dim", 0), len(out_shape))
-        merged = broadcast(ctx, out_shape[:dim] + out_shape[dim + 1:],
-                           [(ctx.value(t), ctx.shape(t)) for t in tensors])
+        merged = broadcast(ctx, out_shape[:dim] + out_shape[dim + 1:], list(zip(*operands)))
         return merged[:dim] + (None,) + merged[dim:]
 
 

@@ -89,30 +89,33 @@ def _run(root: nn.Module, graph: fx.Graph, inputs: tuple, fake: bool) -> None:
     env: dict[fx.Node, Any] = {}
     positional = iter(inputs)
     for node in graph.nodes:
-        if node.op == "placeholder":
-            value = next(positional)
-        elif node.op == "get_attr":
-            value = get_tensor(root, node.target)
-            if fake and isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
-                value = _Shaped(value.shape, value.dtype, value.device)
-        else:
-            args = fx.node.map_arg(node.args, env.__getitem__)
-            kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
-            if node.op == "output":
-                value = args[0]
-            elif node.op == "call_module":
-                value = _call_module(modules[node.target], args, kwargs, fake)
-            elif fake and (shaped := _call_shape(node, args, kwargs)) is not None:
-                value = shaped
-            elif node.op == "call_function":
-                value = node.target(*_materialize(args), **_materialize(kwargs))
-            else:
-                obj, *rest = _materialize(args)
-                value = getattr(obj, node.target)(*rest, **_materialize(kwargs))
+        value = next(positional) if node.op == "placeholder" else evaluate(node, env, root, modules, fake)
         node.meta["pruning_shape"] = shape_of(value)
         env[node] = value
         for done in last_uses.get(node, ()):
             del env[done]
+
+
+def evaluate(node: fx.Node, env: dict[fx.Node, Any], root: nn.Module, modules: dict[str, nn.Module],
+             fake: bool) -> Any:
+    """The value of one node (not a placeholder) given the values ``env`` of the nodes it reads."""
+    if node.op == "get_attr":
+        value = get_tensor(root, node.target)
+        if fake and isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
+            value = _Shaped(value.shape, value.dtype, value.device)
+        return value
+    args = fx.node.map_arg(node.args, env.__getitem__)
+    kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+    if node.op == "output":
+        return args[0]
+    if node.op == "call_module":
+        return _call_module(modules[node.target], args, kwargs, fake)
+    if fake and (shaped := _call_shape(node, args, kwargs)) is not None:
+        return shaped
+    if node.op == "call_function":
+        return node.target(*_materialize(args), **_materialize(kwargs))
+    obj, *rest = _materialize(args)
+    return getattr(obj, node.target)(*rest, **_materialize(kwargs))
 
 
 def _call_shape(node: fx.Node, args: tuple, kwargs: dict) -> "_Shaped | None":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
@@ -18,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from .composites import TRACED_FORWARDS
+from .sizes import SizeOracle
 from .state import unchanged_attributes
 
 #: Modules from outside ``torch.nn`` that the rule registry handles as a whole.
@@ -44,6 +46,29 @@ class _Tracer(fx.Tracer):
         self.leaf_types = leaf_types + _EXTRA_LEAF_TYPES
         self.leaf_ids = leaf_ids or set()
         self.failed_module: str | None = None
+        self.example: tuple | None = None  # the example inputs, when given: branches on sizes are decided
+        self._oracle: SizeOracle | None = None
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """A branch on a value computed from tensor sizes takes the example input's way, guarded by an
+        assert in the graph (see :mod:`pruning.tracing.sizes`); any other branch fails as in torch.fx."""
+        if self.example is not None:
+            if self._oracle is None:
+                self._oracle = SizeOracle(self.root, self.graph, self.example)
+            if self._oracle.from_sizes(obj.node):
+                try:
+                    taken = bool(self._oracle.value(obj.node))
+                except Exception:  # noqa: BLE001 - an op without a fake kernel: fail as fx would
+                    return super().to_bool(obj)
+                where = next(reversed(self.module_stack.values()), ("", None))[0] or "the model's own forward"
+                condition = obj if taken else self.create_proxy("call_function", operator.not_, (obj,), {})
+                self.create_proxy("call_function", torch._assert, (condition, (
+                    f"pruning: a condition on tensor sizes in {where} is {not taken} for this input but was "
+                    f"{taken} for the example input the model was traced with, so the traced graph may not "
+                    "compute this input's branch; give inputs shaped like that example, or build the IR with "
+                    "an example of this shape (see pruning.tracing.sizes)")), {})
+                return taken
+        return super().to_bool(obj)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self.leaf_ids or isinstance(m, self.leaf_types):
@@ -77,14 +102,19 @@ def trace_graph(
     leaf_modules: Iterable[type | nn.Module] | None = None,
     soft_tracing: bool = True,
     given_inputs: int | None = None,
+    example: tuple | None = None,
 ) -> fx.Graph:
     """Trace ``model`` into a graph whose ``call_module``/``get_attr`` targets name ``model``'s own
     submodules and tensors (no GraphModule is built: that costs a code generation and a compile).
 
     ``given_inputs``: how many positional inputs the model will get; the forward's later parameters
     with a plain default (None, a bool, number or string: an optional mask, a flag) are fixed at that
-    default, so that ``if mask is not None:`` takes the branch the calls will take.
+    default, so that ``if mask is not None:`` takes the branch the calls will take. ``example``: those
+    inputs themselves (``given_inputs`` defaults to their number); branches on tensor sizes then take the
+    example's way, guarded in the graph (:mod:`pruning.tracing.sizes`).
     """
+    if example is not None and given_inputs is None:
+        given_inputs = len(example)
     concrete = _defaults_after(model, given_inputs) if given_inputs is not None else None
     leaf_types: list[type] = []
     leaf_ids: set[int] = set()
@@ -101,6 +131,7 @@ def trace_graph(
     leaf_functions: list[Callable] = []
     while True:
         tracer = _Tracer(tuple(leaf_types), leaf_ids, tuple(leaf_functions))
+        tracer.example = example
         try:
             with unchanged_attributes(model):  # a forward that caches tensors would keep Proxies
                 graph = tracer.trace(model, concrete_args=concrete)

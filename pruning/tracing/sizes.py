@@ -1,0 +1,84 @@
+"""Branches on tensor sizes during tracing, decided for the example input and guarded in the graph.
+
+torch.fx cannot branch on a traced value (``if x.shape[-1] % self.window:`` fails), so soft tracing used
+to keep any module that pads, crops or pools by the input's size opaque, and its channels unprunable.
+When the IR is built with an example input, every traced value computed only from tensor sizes
+(``x.shape``, ``x.size(d)``, ``x.dim()``, ``x.numel()`` and plain arithmetic on them) has a known value
+for that input: :class:`SizeOracle` computes it on fake copies of the inputs (no arithmetic on data), the
+tracer takes the branch the example takes, and a ``torch._assert`` in the graph checks the condition on
+every later call. So the graph never silently computes another branch's function: an input that would
+take the other branch (another resolution or batch size, where the model's code depends on it) raises an
+``AssertionError`` naming the module. Conditions on values (``if x.sum() > 0``) stay untraceable.
+
+A condition on a channel count reads that channel dim's size, so the analysis keeps those channels
+(a size consumed by an op without a size-aware rule blocks its channels): pruning never flips a guard.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx._symbolic_trace import _maybe_revert_all_patches
+
+from .shapes import bind_inputs, evaluate
+
+#: Tensor methods and attributes whose result depends only on the tensor's shape.
+SIZE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
+SIZE_ATTRIBUTES = frozenset({"shape", "ndim"})
+
+
+class SizeOracle:
+    """Values of the nodes of a graph under construction, for fake copies of the example inputs.
+
+    Nodes are evaluated once, in graph order, as the tracer asks (``value``); nothing runs until a
+    branch needs it, so a model without size branches pays nothing.
+    """
+
+    def __init__(self, root: nn.Module, graph: fx.Graph, args: tuple) -> None:
+        self.root, self.graph, self.args = root, graph, args
+        self._mode: FakeTensorMode | None = None
+        self._env: dict[fx.Node, Any] = {}
+        self._modules = dict(root.named_modules())
+        self._from_sizes: dict[fx.Node, bool] = {}
+
+    def from_sizes(self, node: fx.Node) -> bool:
+        """Whether the node's value is computed from tensor sizes and constants only."""
+        known = self._from_sizes.get(node)
+        if known is None:
+            if node.op == "call_method" and node.target in SIZE_METHODS or (
+                    node.op == "call_function" and node.target is getattr and node.args[1] in SIZE_ATTRIBUTES):
+                known = True
+            elif node.op in ("call_function", "call_method") and node.all_input_nodes:
+                known = all(self.from_sizes(n) for n in node.all_input_nodes)
+            else:
+                known = False
+            self._from_sizes[node] = known
+        return known
+
+    def value(self, node: fx.Node) -> Any:
+        """The node's value for the example inputs (evaluating the nodes before it that are not yet)."""
+        if self._mode is None:
+            self._mode = FakeTensorMode(allow_non_fake_inputs=True)
+            placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+            inputs = bind_inputs(self.graph, self.args, {})
+            with self._mode:
+                self._env.update(zip(placeholders, (self._mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
+                                                    for a in inputs)))
+        # Outside the tracer's patches (module calls and attributes would be traced again), in eval mode
+        # as the shape pass (no statistics updated, batch-size-1 inputs accepted).
+        with _maybe_revert_all_patches():
+            modes = {m: m.training for m in self.root.modules()}
+            self.root.eval()
+            try:
+                with torch.no_grad(), self._mode:
+                    for current in self.graph.nodes:
+                        if current not in self._env:
+                            self._env[current] = evaluate(current, self._env, self.root, self._modules, fake=True)
+                        if current is node:
+                            break
+            finally:
+                for module, mode in modes.items():
+                    module.training = mode
+        return self._env[node]

@@ -1,0 +1,122 @@
+"""Branches on tensor sizes: traced for the example input's sizes, guarded in the graph; comparisons and
+cat of a split as rules."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pruning import PruningIR
+from pruning.verify import equivalence_error, perturb
+
+
+class PadToWindow(nn.Module):
+    """Pads its feature map to a multiple of the window, as window-attention and patch models do, and
+    doubles it only when it has 8 channels (a branch on a channel count)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1)
+        self.c, self.head = nn.Conv2d(6, 5, 1), nn.Linear(5, 2)
+        self.window = 4
+
+    def forward(self, x):
+        y = self.b(torch.relu(self.a(x)))
+        height, width = y.shape[-2:]
+        if height % self.window != 0 or width % self.window != 0:
+            y = F.pad(y, (0, (-width) % self.window, 0, (-height) % self.window))
+        y = self.c(torch.relu(y))
+        if y.shape[1] == 5:
+            y = y * 2
+        return self.head(y.mean((2, 3)))
+
+
+class Wrapped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = PadToWindow()
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def _owners(snapshot) -> dict[str, set[int]]:
+    return {site.name: set(site.label_index.tolist()) for site in snapshot.param_sites if site.dim == 0}
+
+
+def test_branches_on_sizes_take_the_examples_way_and_prune_exactly():
+    model = perturb(Wrapped().eval())
+    x = torch.randn(2, 3, 10, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no soft-tracing fallback
+        ir = PruningIR(model, example_input=x)
+    s = ir.snapshot()
+    assert s.opaque_ops == []
+    owners, prunable = _owners(s), {label.index for label in s.labels}
+    assert owners["inner.a.weight"] <= prunable and owners["inner.b.weight"] <= prunable
+    assert not owners["inner.c.weight"] & prunable  # its count decides `if y.shape[1] == 5`
+    assert equivalence_error(ir, s.labels[::2], x) < 1e-6
+    pruned = ir.prune(labels=s.labels[::2]).model
+    assert pruned(torch.randn(1, 3, 6, 7)).shape == (1, 2)  # other sizes taking the same branches run
+
+
+def test_an_input_whose_sizes_flip_a_branch_is_refused_by_the_graph():
+    x = torch.randn(2, 3, 10, 10)
+    ir = PruningIR(Wrapped().eval(), example_input=x)
+    pruned = ir.prune(labels=ir.snapshot().labels[:2]).model
+    with pytest.raises(AssertionError, match=r"condition on tensor sizes in inner is False for this input but was True"):
+        pruned(torch.randn(2, 3, 12, 12))  # divisible by the window: no padding in the model's own code
+    with pytest.raises(AssertionError, match="condition on tensor sizes"):
+        ir.model(torch.randn(2, 3, 12, 12))  # the unpruned traced model too: the guard is the trace's
+
+
+def test_without_an_example_size_branches_stay_opaque_as_before():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ir = PruningIR(Wrapped().eval())
+    assert any("soft tracing" in str(w.message) and "'inner'" in str(w.message) for w in caught)
+    assert not any(n.target is torch._assert for n in ir.model.graph.nodes)
+
+
+class ValueBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        if y.sum() > 0:  # a value, not a size: still untraceable
+            y = y * 2
+        return self.b(y)
+
+
+def test_branches_on_values_still_fail_tracing():
+    with pytest.raises(Exception, match="control flow"):
+        PruningIR(ValueBranch().eval(), soft_tracing=False, example_input=torch.randn(1, 3, 4, 4))
+
+
+class MaskedAndRegrouped(nn.Module):
+    """A comparison of tensors as a mask, and cat over the pieces of a split passed as one value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = y.masked_fill(y < 0, 0.0)
+        y = torch.cat(torch.split(y, 2, dim=1), dim=1)
+        return self.b(y)
+
+
+def test_comparisons_are_elementwise_and_cat_takes_a_split():
+    model = perturb(MaskedAndRegrouped().eval())
+    x = torch.randn(2, 3, 5, 5)
+    ir = PruningIR(model, example_input=x)
+    s = ir.snapshot()
+    assert s.opaque_ops == []
+    assert _owners(s)["a.weight"] <= {label.index for label in s.labels}
+    assert equivalence_error(ir, s.labels[::2], x) < 1e-6
