@@ -383,14 +383,43 @@ def _spread(row: dict, key: str = "acc_finetuned") -> str:
     return f" ({min(seeds):.3f}-{max(seeds):.3f})" if len(seeds) > 1 else ""
 
 
+SEEDED = ("acc_finetuned", "acc_short")  # means over fine-tuning runs: their gaps are compared with the seed noise
+MEASURABLE = 2.0  # a gap of at least this many standard errors of the difference of two means is measurable
+
+
+def pooled_seed_sd(rows: list[dict], model: str, key: str) -> float | None:
+    """The seed-to-seed standard deviation of ``key`` pooled over every row of ``model`` with several seeds
+    (one row's few seeds alone say little about its spread)."""
+    squares, dof = 0.0, 0
+    for r in rows:
+        seeds = r.get(f"{key}_seeds") or []
+        if r["model"] == model and len(seeds) > 1:
+            squares += statistics.variance(seeds) * (len(seeds) - 1)
+            dof += len(seeds) - 1
+    return (squares / dof) ** 0.5 if dof else None
+
+
+def gap_in_errors(rows: list[dict], ours: dict, peer: dict, key: str) -> float | None:
+    """``peer[key] - ours[key]`` in standard errors of the difference of the two seed means (the seed SD pooled
+    over the model's rows); None for an accuracy that is not a mean over several fine-tuning seeds."""
+    n, m = len(ours.get(f"{key}_seeds") or []), len(peer.get(f"{key}_seeds") or [])
+    sd = pooled_seed_sd(rows, ours["model"], key) if key in SEEDED and n > 1 and m > 1 else None
+    return (peer[key] - ours[key]) / (sd * (1 / n + 1 / m) ** 0.5) if sd else None
+
+
 def _verdict(rows: list[dict], row: dict) -> list[str]:
-    """Our ``row`` against the best Torch-Pruning row at its (model, target), per compared accuracy."""
+    """Our ``row`` against the best Torch-Pruning row at its (model, target), per compared accuracy; for the
+    fine-tuned accuracies also the gap in standard errors (below ``MEASURABLE``: within the seed noise)."""
     parts = []
     for key, _, name in COMPARED:
-        peer_best = [p[key] for p in rows if p.get("tool") == "peer" and (p["model"], p["target"]) == (row["model"], row["target"])
-                     and compared(p, key)]
-        if compared(row, key) and peer_best:
-            mark = "**loses**" if row[key] < max(peer_best) else "ties" if row[key] == max(peer_best) else "beats"
+        peers = [p for p in rows if p.get("tool") == "peer" and (p["model"], p["target"]) == (row["model"], row["target"])
+                 and compared(p, key)]
+        if compared(row, key) and peers:
+            best = max(peers, key=lambda p: p[key])
+            mark = "**loses**" if row[key] < best[key] else "ties" if row[key] == best[key] else "beats"
+            errors = gap_in_errors(rows, row, best, key)
+            if errors is not None and mark != "ties":
+                mark += f" ({abs(errors):.1f} SE{'' if abs(errors) >= MEASURABLE else ', within noise'})"
             parts.append(f"{name}: {mark}")
     return parts
 

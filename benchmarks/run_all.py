@@ -45,7 +45,7 @@ def part_commands(quick: bool) -> dict[str, list[str]]:
     return {
         "coverage": ["benchmarks/coverage.py", *q, "--timeout", "120" if quick else "600", "--jobs", "2", "--json", f"{out}/coverage.json"],
         "speed": ["benchmarks/speed.py", *q, "--repeats", "7", "--calibration", "--json", f"{out}/speed.json"],
-        "quality": ["benchmarks/quality.py", *q, "--jobs", "2", "--finetune-epochs", "5", "--seeds", "3", "--json", f"{out}/quality.json"],
+        "quality": ["benchmarks/quality.py", *q, "--jobs", "2", "--finetune-epochs", "5", "--seeds", "10", "--json", f"{out}/quality.json"],
         "quality_fashion": ["benchmarks/quality.py", *q, "--data", "fashion_mnist", "--jobs", "2", "--baseline-epochs",
                             "2" if quick else "10", "--finetune-epochs", "1", "--short-epochs", "0", "--seeds", "2",
                             "--json", f"{out}/quality_fashion.json"],
@@ -264,7 +264,7 @@ def quality_losses(rows: list[dict]) -> list[str]:
             if best_ours[key] < best_peer[key]:
                 losses.append(f"quality: **{model} at {target:.0%} MACs, {what}**: our best {best_ours[key]:.3f} "
                               f"({best_ours['method']}) < {best_peer[key]:.3f} ({best_peer['method']})"
-                              + _significance(best_ours, best_peer, key, pooled_seed_sd(rows, model, key)))
+                              + _significance(rows, best_ours, best_peer, key))
     methods = list(dict.fromkeys(r["method"] for r in rows if r.get("tool") == "ours"))
     for method in methods:
         for key, what, _ in quality_part.COMPARED:
@@ -284,21 +284,10 @@ def quality_losses(rows: list[dict]) -> list[str]:
     return losses
 
 
-def pooled_seed_sd(rows: list[dict], model: str, key: str) -> float | None:
-    """The seed-to-seed standard deviation of ``key`` pooled over every row of ``model`` with several seeds
-    (one row's two or three seeds alone say little about its spread)."""
-    squares, dof = 0.0, 0
-    for r in rows:
-        seeds = r.get(f"{key}_seeds") or []
-        if r["model"] == model and len(seeds) > 1:
-            squares += statistics.variance(seeds) * (len(seeds) - 1)
-            dof += len(seeds) - 1
-    return (squares / dof) ** 0.5 if dof else None
-
-
-def _significance(ours: dict, peer: dict, key: str, sd: float | None = None) -> str:
+def _significance(rows: list[dict], ours: dict, peer: dict, key: str) -> str:
     """How large a gap in accuracy is: in test images, whether the seeds' ranges overlap, and in standard
-    errors of the difference of the two means when the pooled seed SD ``sd`` is given."""
+    errors of the difference of the two means (seed SD pooled over the model's rows), with whether that is
+    within the seed noise (below ``quality.MEASURABLE`` standard errors)."""
     parts = []
     if "test_images" in ours:
         parts.append(f"mean gap {(peer[key] - ours[key]) * ours['test_images']:.1f} of {ours['test_images']} test images")
@@ -308,10 +297,11 @@ def _significance(ours: dict, peer: dict, key: str, sd: float | None = None) -> 
         overlap = max(ours[seeds]) >= min(peer[seeds])
         parts.append(f"{n} seeds each, ranges {min(ours[seeds]):.3f}-{max(ours[seeds]):.3f} vs "
                      f"{min(peer[seeds]):.3f}-{max(peer[seeds]):.3f}" + (" overlap" if overlap else " do not overlap"))
-        if sd:
-            error = sd * (1 / n + 1 / m) ** 0.5
-            parts.append(f"{(peer[key] - ours[key]) / error:.1f} standard errors (seed SD {sd:.4f} pooled over "
-                         "the model's rows)")
+    errors = quality_part.gap_in_errors(rows, ours, peer, key)
+    if errors is not None:
+        parts.append(f"{errors:.1f} standard errors (seed SD {quality_part.pooled_seed_sd(rows, ours['model'], key):.4f} "
+                     "pooled over the model's rows): "
+                     + ("measurable" if errors >= quality_part.MEASURABLE else "within the seed noise"))
     return f" ({'; '.join(parts)})" if parts else ""
 
 
@@ -334,24 +324,38 @@ def quality_section_note(rows: list[dict]) -> str:
     return ("Bold: best accuracy at that (model, target) among all methods (ties: all bold). 'verdict' compares "
             "each of our rows with the best Torch-Pruning row at the same target; right after pruning only one-shot "
             "rows are compared (the peer's iterative rows carry the BatchNorm re-estimations between their steps, "
-            "ours apply their labels to the unpruned model). "
+            "ours apply their labels to the unpruned model). For the fine-tuned accuracies the verdict also gives the "
+            "gap to that row in standard errors (SE) of the difference of the two seed means, with the seed-to-seed SD "
+            f"pooled over the model's rows; under {quality_part.MEASURABLE:g} SE the gap is within the noise of "
+            "fine-tuning itself (the best of several methods' means is also biased upward by that noise). "
             f"The test split has {size} images, "
             f"so one image is {unit} of accuracy. Fine-tuning budget in this run: {finetune_budget(rows)} for every "
             "method.")
 
 
 def quality_headline(rows: list[dict], data: str) -> str:
-    """At how many (model, budget) points our best method matches or beats the peer's best, per compared accuracy."""
+    """At how many (model, budget) points our best method matches or beats the peer's best, per compared accuracy,
+    and for the fine-tuned accuracies at how many the peer's best is ahead by a measurable gap."""
     keys = list(dict.fromkeys((r["model"], r["target"]) for r in rows if r["method"] != "baseline"))
-    counts = []
+    counts, measured = [], []
     for key, what, _ in quality_part.COMPARED:
         if not any(key in r for r in rows if r["method"] != "baseline"):
             continue
-        won = sum(ours[key] >= peer[key] for ours, peer in _leaders(rows, key).values())
+        leaders = _leaders(rows, key).values()
+        won = sum(ours[key] >= peer[key] for ours, peer in leaders)
         counts.append(f"**{won}/{len(keys)}** {what}")
-    return (f"- **Quality at equal MACs, {data}**: our best method matches or beats Torch-Pruning's best at "
+        gaps = [quality_part.gap_in_errors(rows, ours, peer, key) for ours, peer in leaders]
+        if key in quality_part.SEEDED and all(g is not None for g in gaps):
+            behind = sum(g >= quality_part.MEASURABLE for g in gaps)
+            ahead = sum(g <= -quality_part.MEASURABLE for g in gaps)
+            measured.append(f"{what} **{behind}/{len(keys)}** measurably behind, {ahead}/{len(keys)} measurably ahead")
+    line = (f"- **Quality at equal MACs, {data}**: our best method matches or beats Torch-Pruning's best at "
             f"{', '.join(counts)} of the (model, budget) points (test accuracy; see the tables for which of our "
             "selectors).")
+    if measured:
+        line += (f" Counting only gaps of at least {quality_part.MEASURABLE:g} standard errors of the difference of "
+                 f"the seed means (seed SD pooled over the model's rows) as measured: {'; '.join(measured)}.")
+    return line
 
 
 def finetune_budget(rows: list[dict]) -> str:
