@@ -267,6 +267,24 @@ def test_repeat_interleave_tile_and_unfold_keep_channels_prunable():
     assert equivalence_error(ir, labels, x, dtype=torch.float64) < 1e-10
 
 
+def test_repeat_interleave_by_a_count_computed_from_sizes():
+    class GlobalQuery(nn.Module):  # gcvit: one query per image, repeated over its windows
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.head = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x, image):  # x: (windows, tokens, 3), image: (images, tokens, 3)
+            q = self.q(image).repeat_interleave(x.shape[0] // image.shape[0], dim=0)
+            return self.head(q * self.k(x))
+
+    x, image = torch.randn(6, 5, 3), torch.randn(2, 5, 3)
+    ir = PruningIR(perturb(GlobalQuery().eval()), example_input=(x, image))
+    s = ir.snapshot()
+    assert s.opaque_ops == []
+    assert sorted(map(sorted, owners(ir))) == [["head.weight:1", "k.bias:0", "k.weight:0", "q.bias:0", "q.weight:0"]]
+    assert equivalence_error(ir, s.groups[0][::2], x, image, dtype=torch.float64) < 1e-10
+
+
 def test_input_channels_of_a_standardised_weight_enter_its_statistics():
     # NF-Net style: a 1x1 weight standardised per filter with F.batch_norm(training=True): its input
     # channels are in the statistics, so removing a dead one changes the other weights (valid, not

@@ -384,16 +384,23 @@ class Unbind(Rule):
 @register("repeat_interleave", torch.repeat_interleave)
 class RepeatInterleave(Rule):
     """``x.repeat_interleave(r, dim)``: each element of ``dim`` repeated ``r`` times in place, so a
-    channel's id repeats too (grouped-query attention repeats key/value heads this way). Repeats
-    given as a tensor, or no ``dim`` (a flattened result), block the channels."""
+    channel's id repeats too (grouped-query attention repeats key/value heads this way). ``r`` may be
+    computed from sizes (``B // q.shape[0]``): its value is then read from the recorded shapes, and the
+    channels of the sizes it reads are kept. Repeats given as a tensor, or no ``dim`` (a flattened
+    result), block the channels."""
 
     def propagate(self, ctx, node):
         x = node.args[0]
         value, shape = ctx.value(x), ctx.shape(x)
         repeats, dim = arg(node, 1, "repeats"), arg(node, 2, "dim")
-        if not isinstance(repeats, int) or not isinstance(dim, int):
+        if not isinstance(dim, int):
             return CONSERVATIVE.propagate(ctx, node)
         dim = normalize_dim(dim, len(shape))
+        computed = ctx.value(repeats) if isinstance(repeats, fx.Node) else None
+        if isinstance(computed, SizeOf) and computed.scalar and shape[dim] and ctx.shape(node)[dim] % shape[dim] == 0:
+            repeats = ctx.shape(node)[dim] // shape[dim]  # the sizes it read are blocked (reads_sizes)
+        if not isinstance(repeats, int):
+            return CONSERVATIVE.propagate(ctx, node)
         ids = value[dim]
         return value[:dim] + (None if ids is None else np.repeat(ids, repeats),) + value[dim + 1:]
 
