@@ -285,6 +285,22 @@ def test_repeat_interleave_by_a_count_computed_from_sizes():
     assert equivalence_error(ir, s.groups[0][::2], x, image, dtype=torch.float64) < 1e-10
 
 
+def test_tile_by_counts_computed_from_sizes():
+    class TiledPosition(nn.Module):  # hiera: a window's position embedding tiled over the token grid
+        def __init__(self):
+            super().__init__()
+            self.a, self.pos, self.head = nn.Linear(3, 4), nn.Parameter(torch.randn(1, 2, 4)), nn.Linear(4, 2)
+
+        def forward(self, x):  # x: (B, tokens, 3)
+            return self.head(self.a(x) + self.pos.tile((1, x.shape[1] // self.pos.shape[1], 1)))
+
+    x = torch.randn(2, 6, 3)
+    ir = PruningIR(perturb(TiledPosition().eval()), example_input=x)
+    assert ir.snapshot().opaque_ops == []
+    assert sorted(map(sorted, owners(ir))) == [["a.bias:0", "a.weight:0", "head.weight:1", "pos:2"]]
+    assert equivalence_error(ir, ir.snapshot().groups[0][::2], x, dtype=torch.float64) < 1e-10
+
+
 def test_input_channels_of_a_standardised_weight_enter_its_statistics():
     # NF-Net style: a 1x1 weight standardised per filter with F.batch_norm(training=True): its input
     # channels are in the statistics, so removing a dead one changes the other weights (valid, not

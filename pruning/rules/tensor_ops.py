@@ -381,13 +381,24 @@ class Unbind(Rule):
         return [value[:dim] + value[dim + 1:]] * shape[dim]
 
 
+def _count(ctx, count: Any, before: int, after: int) -> int | None:
+    """A repeat count: a literal, or one computed from sizes (``B // q.shape[0]``), whose value the recorded
+    shapes give (``after // before``; the channels of the sizes it read are blocked, as the rule does not
+    read sizes). None for anything else (a tensor of counts)."""
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count
+    value = ctx.value(count) if isinstance(count, fx.Node) else None
+    if isinstance(value, SizeOf) and value.scalar and before and after % before == 0:
+        return after // before
+    return None
+
+
 @register("repeat_interleave", torch.repeat_interleave)
 class RepeatInterleave(Rule):
     """``x.repeat_interleave(r, dim)``: each element of ``dim`` repeated ``r`` times in place, so a
-    channel's id repeats too (grouped-query attention repeats key/value heads this way). ``r`` may be
-    computed from sizes (``B // q.shape[0]``): its value is then read from the recorded shapes, and the
-    channels of the sizes it reads are kept. Repeats given as a tensor, or no ``dim`` (a flattened
-    result), block the channels."""
+    channel's id repeats too (grouped-query attention repeats key/value heads this way); ``r`` may be
+    computed from sizes (``_count``). Repeats given as a tensor, or no ``dim`` (a flattened result), block
+    the channels."""
 
     def propagate(self, ctx, node):
         x = node.args[0]
@@ -396,10 +407,8 @@ class RepeatInterleave(Rule):
         if not isinstance(dim, int):
             return CONSERVATIVE.propagate(ctx, node)
         dim = normalize_dim(dim, len(shape))
-        computed = ctx.value(repeats) if isinstance(repeats, fx.Node) else None
-        if isinstance(computed, SizeOf) and computed.scalar and shape[dim] and ctx.shape(node)[dim] % shape[dim] == 0:
-            repeats = ctx.shape(node)[dim] // shape[dim]  # the sizes it read are blocked (reads_sizes)
-        if not isinstance(repeats, int):
+        repeats = _count(ctx, repeats, shape[dim], ctx.shape(node)[dim])
+        if repeats is None:
             return CONSERVATIVE.propagate(ctx, node)
         ids = value[dim]
         return value[:dim] + (None if ids is None else np.repeat(ids, repeats),) + value[dim + 1:]
@@ -408,17 +417,21 @@ class RepeatInterleave(Rule):
 @register("repeat", "tile", torch.tile)
 class Tile(Rule):
     """``x.repeat(*sizes)`` / ``torch.tile``: the whole dim is copied ``r`` times, so its ids are tiled;
-    sizes beyond ``x``'s dims add leading dims."""
+    sizes beyond ``x``'s dims add leading dims; a size may be computed from sizes (``_count``)."""
 
     def propagate(self, ctx, node):
         x = node.args[0]
         value, shape = ctx.value(x), ctx.shape(x)
         sizes = node.args[1:] if len(node.args) > 2 else arg(node, 1, "dims" if node.target is torch.tile else "repeats")
-        sizes = [sizes] if isinstance(sizes, int) else sizes
-        if not isinstance(sizes, (list, tuple)) or not all(isinstance(r, int) for r in sizes):
+        sizes = [sizes] if isinstance(sizes, (int, fx.Node)) else sizes
+        if not isinstance(sizes, (list, tuple)):
             return CONSERVATIVE.propagate(ctx, node)
         sizes = [1] * (len(shape) - len(sizes)) + list(sizes)  # tile pads short sizes with ones
         lead = len(sizes) - len(shape)
+        out = ctx.shape(node)
+        sizes = [_count(ctx, r, shape[i - lead] if i >= lead else 1, out[i]) for i, r in enumerate(sizes)]
+        if None in sizes:
+            return CONSERVATIVE.propagate(ctx, node)
         return (None,) * lead + tuple(None if ids is None else np.tile(ids, r) for ids, r in zip(value, sizes[lead:]))
 
 
