@@ -67,7 +67,7 @@ def test_an_input_whose_sizes_flip_a_branch_is_refused_by_the_graph():
     x = torch.randn(2, 3, 10, 10)
     ir = PruningIR(Wrapped().eval(), example_input=x)
     pruned = ir.prune(labels=ir.snapshot().labels[:2]).model
-    with pytest.raises(AssertionError, match=r"condition on tensor sizes in inner is False for this input but was True"):
+    with pytest.raises(AssertionError, match=r"a condition on tensor sizes \(here True\) in inner differs"):
         pruned(torch.randn(2, 3, 12, 12))  # divisible by the window: no padding in the model's own code
     with pytest.raises(AssertionError, match="condition on tensor sizes"):
         ir.model(torch.randn(2, 3, 12, 12))  # the unpruned traced model too: the guard is the trace's
@@ -120,3 +120,62 @@ def test_comparisons_are_elementwise_and_cat_takes_a_split():
     assert s.opaque_ops == []
     assert _owners(s)["a.weight"] <= {label.index for label in s.labels}
     assert equivalence_error(ir, s.labels[::2], x) < 1e-6
+
+
+class HeadsFromShape(nn.Module):
+    """Attention written as Hugging Face does: the head layout unpacks the input's shape, and the
+    layer checks the input's rank with len()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(8, 8) for _ in range(4))
+        self.head_dim = 4
+
+    def forward(self, x):
+        if len(x.shape) != 3:
+            raise ValueError("expected (batch, tokens, features)")
+        heads = (*x.shape[:-1], -1, self.head_dim)
+        q, k, v = (p(x).view(heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(*x.shape[:-1], -1))
+
+
+def test_len_and_unpacking_of_a_shape_follow_the_examples_rank():
+    model = perturb(HeadsFromShape().eval())
+    x = torch.randn(2, 5, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ir = PruningIR(model, example_input=x)
+    s = ir.snapshot()
+    assert s.opaque_ops == []
+    assert any({"v.weight", "o.weight"} <= set(s.slices(group[0])) for group in s.groups)
+    assert equivalence_error(ir, [label for group in s.groups for label in group[::2]], x, dtype=torch.float64) < 1e-10
+    pruned = ir.prune(labels=[group[0] for group in s.groups]).model
+    assert pruned(torch.randn(3, 7, 8)).shape == (3, 7, 8)  # other batch and token counts: same rank
+
+
+def test_a_tiny_llama_prunes_its_mlp_and_value_features():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, use_cache=False)
+
+    class Logits(nn.Module):  # forward(ids) -> logits: the decorated top-level forward is not traced
+        def __init__(self):
+            super().__init__()
+            self.lm = transformers.LlamaForCausalLM(config)
+
+        def forward(self, ids):
+            return self.lm(input_ids=ids, use_cache=False).logits
+
+    model = perturb(Logits().eval())
+    ids = torch.randint(0, 64, (2, 6))
+    ir = PruningIR(model, example_input=ids)
+    s = ir.snapshot()
+    assert s.opaque_ops == []
+    owned = [{name.rsplit(".", 2)[-2] for name in s.slices(group[0])} for group in s.groups]
+    assert {"gate_proj", "up_proj", "down_proj"} in owned and {"v_proj", "o_proj"} in owned
+    assert equivalence_error(ir, [label for group in s.groups for label in group[::2]], ids, dtype=torch.float64) < 1e-10
+    pruned = ir.prune(labels=[label for group in s.groups for label in group[::2]]).model
+    assert pruned(torch.randint(0, 64, (3, 9))).shape == (3, 9, 64)
+    with pytest.raises(AssertionError, match="condition on tensor sizes"):
+        pruned(torch.randint(0, 64, (1, 9)))  # batch 1: the mask code takes another branch

@@ -160,6 +160,20 @@ class ReadSize(Rule):
         return SizeOf(value, True)  # numel
 
 
+@register(builtins.len)
+class Length(Rule):
+    """``len(x)``: a tensor's first size (which remembers its channels); of a shape, its number of dims,
+    which no pruning changes."""
+
+    reads_sizes = True
+
+    def propagate(self, ctx, node):
+        value = ctx.value(node.args[0])
+        if isinstance(value, tuple):
+            return SizeOf(value[:1], True)
+        return None
+
+
 # --------------------------------------------------------------------------------------------
 # Shapes: reshape, permute, expand, cat, split, getitem
 

@@ -8,7 +8,10 @@ for that input: :class:`SizeOracle` computes it on fake copies of the inputs (no
 tracer takes the branch the example takes, and a ``torch._assert`` in the graph checks the condition on
 every later call. So the graph never silently computes another branch's function: an input that would
 take the other branch (another resolution or batch size, where the model's code depends on it) raises an
-``AssertionError`` naming the module. Conditions on values (``if x.sum() > 0``) stay untraceable.
+``AssertionError`` naming the module. Likewise ``len()`` of a traced shape and unpacking it
+(``(*x.shape[:-1], -1, head_dim)``, as Hugging Face attention does) take the example's number of dims, with
+an assert on it; the sizes themselves stay traced. Conditions on values (``if x.sum() > 0``) stay
+untraceable.
 
 A condition on a channel count reads that channel dim's size, so the analysis keeps those channels
 (a size consumed by an op without a size-aware rule blocks its channels): pruning never flips a guard.

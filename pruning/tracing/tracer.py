@@ -8,12 +8,13 @@ soft tracing the first failure is raised as a :class:`TracingError` naming the m
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import operator
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import fx, nn
@@ -33,6 +34,7 @@ except ImportError:  # pragma: no cover - torchvision is installed in developmen
 
 
 _TORCH_DIR = str(Path(torch.__file__).parent)
+_UNKNOWN = object()
 
 
 class TracingError(RuntimeError):
@@ -49,26 +51,55 @@ class _Tracer(fx.Tracer):
         self.example: tuple | None = None  # the example inputs, when given: branches on sizes are decided
         self._oracle: SizeOracle | None = None
 
+    def _example_value(self, obj: fx.Proxy) -> Any:
+        """The value of a traced value computed from tensor sizes, for the example input; ``_UNKNOWN``
+        without an example, for other values, or where the fake run fails (fx then fails as usual)."""
+        if self.example is None:
+            return _UNKNOWN
+        if self._oracle is None:
+            self._oracle = SizeOracle(self.root, self.graph, self.example)
+        if not self._oracle.from_sizes(obj.node):
+            return _UNKNOWN
+        try:
+            return self._oracle.value(obj.node)
+        except Exception:  # noqa: BLE001 - an op without a fake kernel
+            return _UNKNOWN
+
+    def _guard(self, condition: fx.Proxy, what: str) -> None:
+        """Assert in the graph that ``condition`` holds, as it did for the example input."""
+        where = next(reversed(self.module_stack.values()), ("", None))[0] or "the model's own forward"
+        self.create_proxy("call_function", torch._assert, (condition, (
+            f"pruning: {what} in {where} differs between this input and the example input the model was "
+            "traced with, so the traced graph may not compute what the model's code does for it; give inputs "
+            "shaped like that example, or build the IR with an example of this shape (see pruning.tracing.sizes)"
+        )), {})
+
     def to_bool(self, obj: fx.Proxy) -> bool:
         """A branch on a value computed from tensor sizes takes the example input's way, guarded by an
         assert in the graph (see :mod:`pruning.tracing.sizes`); any other branch fails as in torch.fx."""
-        if self.example is not None:
-            if self._oracle is None:
-                self._oracle = SizeOracle(self.root, self.graph, self.example)
-            if self._oracle.from_sizes(obj.node):
-                try:
-                    taken = bool(self._oracle.value(obj.node))
-                except Exception:  # noqa: BLE001 - an op without a fake kernel: fail as fx would
-                    return super().to_bool(obj)
-                where = next(reversed(self.module_stack.values()), ("", None))[0] or "the model's own forward"
-                condition = obj if taken else self.create_proxy("call_function", operator.not_, (obj,), {})
-                self.create_proxy("call_function", torch._assert, (condition, (
-                    f"pruning: a condition on tensor sizes in {where} is {not taken} for this input but was "
-                    f"{taken} for the example input the model was traced with, so the traced graph may not "
-                    "compute this input's branch; give inputs shaped like that example, or build the IR with "
-                    "an example of this shape (see pruning.tracing.sizes)")), {})
-                return taken
-        return super().to_bool(obj)
+        value = self._example_value(obj)
+        if value is _UNKNOWN:
+            return super().to_bool(obj)
+        taken = bool(value)
+        self._guard(obj if taken else self.create_proxy("call_function", operator.not_, (obj,), {}),
+                    f"a condition on tensor sizes (here {taken})")
+        return taken
+
+    def length(self, obj: fx.Proxy) -> int | None:
+        """The length of a tuple of sizes for the example input (the tensor's rank), guarded by an assert
+        on it; None for any other value."""
+        value = self._example_value(obj)
+        if not isinstance(value, (tuple, list)):
+            return None
+        self._guard(self.create_proxy("call_function", len, (obj,), {}) == len(value),
+                    f"the number of dims of a shape (here {len(value)})")
+        return len(value)
+
+    def iter(self, obj: fx.Proxy) -> Iterator:
+        """Unpacking a tuple of sizes (``(*x.shape[:-1], -1)``): as many traced items as it had for the
+        example input."""
+        n = self.length(obj)
+        return super().iter(obj) if n is None else iter([obj[i] for i in range(n)])
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self.leaf_ids or isinstance(m, self.leaf_types):
@@ -86,6 +117,23 @@ class _Tracer(fx.Tracer):
             if self.failed_module is None:  # the innermost module sees the error first
                 self.failed_module = self.path_of_module(m)
             raise
+
+
+@contextlib.contextmanager
+def _sized_proxies() -> Iterator[None]:
+    """``len()`` of a traced value asks our tracer (``_Tracer.length``) while tracing: ``fx.Proxy`` has no
+    hook for it, so its ``__len__`` is replaced for the duration, deferring to fx for other tracers."""
+    original = fx.Proxy.__len__
+
+    def __len__(proxy: fx.Proxy) -> int:
+        n = proxy.tracer.length(proxy) if isinstance(proxy.tracer, _Tracer) else None
+        return original(proxy) if n is None else n
+
+    fx.Proxy.__len__ = __len__
+    try:
+        yield
+    finally:
+        fx.Proxy.__len__ = original
 
 
 def trace_model(
@@ -133,7 +181,7 @@ def trace_graph(
         tracer = _Tracer(tuple(leaf_types), leaf_ids, tuple(leaf_functions))
         tracer.example = example
         try:
-            with unchanged_attributes(model):  # a forward that caches tensors would keep Proxies
+            with unchanged_attributes(model), _sized_proxies():  # a forward that caches tensors would keep Proxies
                 graph = tracer.trace(model, concrete_args=concrete)
             break
         except Exception as error:  # noqa: BLE001 - re-raised with context below
