@@ -5,6 +5,9 @@ flow, unsupported Python), the smallest culprit becomes opaque and a warning nam
 function called by that forward (a mask builder, say) becomes a leaf function, otherwise the submodule
 becomes a leaf module. The analysis treats the channels entering an opaque call as unprunable. Without
 soft tracing the first failure is raised as a :class:`TracingError` naming the module and the reason.
+
+With example inputs, branches on tensor sizes and ``len()``/unpacking of shapes are decided for them and
+guarded in the graph (:mod:`pruning.tracing.sizes`) instead of failing.
 """
 from __future__ import annotations
 
@@ -43,12 +46,12 @@ class TracingError(RuntimeError):
 
 class _Tracer(fx.Tracer):
     def __init__(self, leaf_types: tuple[type, ...] = (), leaf_ids: set[int] | None = None,
-                 leaf_functions: tuple[Callable, ...] = ()) -> None:
+                 leaf_functions: tuple[Callable, ...] = (), example: tuple | None = None) -> None:
         super().__init__(autowrap_functions=leaf_functions)
         self.leaf_types = leaf_types + _EXTRA_LEAF_TYPES
         self.leaf_ids = leaf_ids or set()
         self.failed_module: str | None = None
-        self.example: tuple | None = None  # the example inputs, when given: branches on sizes are decided
+        self.example = example  # when given, branches on sizes are decided for it
         self._oracle: SizeOracle | None = None
 
     def _example_value(self, obj: fx.Proxy) -> Any:
@@ -149,21 +152,17 @@ def trace_graph(
     model: nn.Module,
     leaf_modules: Iterable[type | nn.Module] | None = None,
     soft_tracing: bool = True,
-    given_inputs: int | None = None,
     example: tuple | None = None,
 ) -> fx.Graph:
     """Trace ``model`` into a graph whose ``call_module``/``get_attr`` targets name ``model``'s own
     submodules and tensors (no GraphModule is built: that costs a code generation and a compile).
 
-    ``given_inputs``: how many positional inputs the model will get; the forward's later parameters
+    ``example``: the positional inputs the model will be called with. The forward's later parameters
     with a plain default (None, a bool, number or string: an optional mask, a flag) are fixed at that
-    default, so that ``if mask is not None:`` takes the branch the calls will take. ``example``: those
-    inputs themselves (``given_inputs`` defaults to their number); branches on tensor sizes then take the
-    example's way, guarded in the graph (:mod:`pruning.tracing.sizes`).
+    default, so that ``if mask is not None:`` takes the branch the calls will take, and branches on
+    tensor sizes take the example's way, guarded in the graph (:mod:`pruning.tracing.sizes`).
     """
-    if example is not None and given_inputs is None:
-        given_inputs = len(example)
-    concrete = _defaults_after(model, given_inputs) if given_inputs is not None else None
+    concrete = _defaults_after(model, len(example)) if example is not None else None
     leaf_types: list[type] = []
     leaf_ids: set[int] = set()
     for item in leaf_modules or ():
@@ -178,10 +177,10 @@ def trace_graph(
     modules = dict(model.named_modules())
     leaf_functions: list[Callable] = []
     while True:
-        tracer = _Tracer(tuple(leaf_types), leaf_ids, tuple(leaf_functions))
-        tracer.example = example
+        tracer = _Tracer(tuple(leaf_types), leaf_ids, tuple(leaf_functions), example)
         try:
-            with unchanged_attributes(model), _sized_proxies():  # a forward that caches tensors would keep Proxies
+            # unchanged_attributes: a forward that caches tensors would keep Proxies
+            with unchanged_attributes(model), _sized_proxies():
                 graph = tracer.trace(model, concrete_args=concrete)
             break
         except Exception as error:  # noqa: BLE001 - re-raised with context below
