@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pruning import PruningIR, UniformLabelSelector
@@ -32,7 +32,11 @@ BERT = {  # transformers BertConfig sizes (random weights)
     "bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
     "bert-large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
 }
-LADDER = ["resnet50", "bert-base", "bert-large", "vit_l_16", "regnet_y_32gf", "vit_h_14", "regnet_y_128gf"]
+LLAMA = {  # transformers LlamaConfig sizes (random weights): TinyLlama-1.1B's shape
+    "llama-1.1b": {"vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+                   "num_attention_heads": 32, "num_key_value_heads": 4},
+}
+LADDER = ["resnet50", "bert-base", "bert-large", "vit_l_16", "llama-1.1b", "regnet_y_32gf", "vit_h_14", "regnet_y_128gf"]
 BUDGET = 2.0
 
 
@@ -47,6 +51,17 @@ class BertEncoder(nn.Module):
         return self.bert(input_ids=input_ids).last_hidden_state
 
 
+class LlamaLogits(nn.Module):
+    """LlamaForCausalLM behind a plain forward(input_ids) -> logits, without a cache (as BertEncoder)."""
+
+    def __init__(self, **config: int) -> None:
+        super().__init__()
+        self.lm = LlamaForCausalLM(LlamaConfig(**config, use_cache=False))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids=input_ids, use_cache=False).logits
+
+
 def rss_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
@@ -59,6 +74,8 @@ def current_rss_bytes() -> int:
 def build(name: str) -> tuple[nn.Module, torch.Tensor]:
     if name in BERT:
         return BertEncoder(**BERT[name]).eval(), torch.randint(0, 30000, (1, 16))
+    if name in LLAMA:  # batch 2: the mask code branches on batch size 1 (see pruning.tracing.sizes)
+        return LlamaLogits(**LLAMA[name]).eval(), torch.randint(0, 32000, (2, 16))
     return torchvision.models.get_model(name).eval(), torch.randn(1, 3, 224, 224)
 
 
