@@ -301,6 +301,31 @@ def test_tile_by_counts_computed_from_sizes():
     assert equivalence_error(ir, ir.snapshot().groups[0][::2], x, dtype=torch.float64) < 1e-10
 
 
+def test_reductions_over_channels_sum_exactly_normalize_statistics_and_block_positions():
+    class Reductions(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.head = nn.Linear(3, 4), nn.Linear(3, 5), nn.Linear(3, 6), nn.Linear(5, 2)
+            self.weight = nn.Parameter(torch.ones(5))
+
+        def forward(self, x):  # x: (B, T, 3)
+            total = self.a(x).sum(-1, keepdim=True)  # exact: a dead feature adds nothing
+            y = self.b(x)
+            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight  # hand-written RMSNorm
+            where = self.c(x).argmax(-1, keepdim=True).float()  # positions: blocked
+            return self.head(y) + total + where
+
+    x = torch.randn(2, 5, 3)
+    ir = PruningIR(perturb(Reductions().eval()), example_input=x)
+    s = ir.snapshot()
+    by_owner = {min(s.slices(group[0])): group for group in s.groups}
+    assert set(by_owner) == {"a.bias", "b.bias"}  # c's features are blocked by argmax
+    assert not any(s.analysis.normalized[label.index] for label in by_owner["a.bias"])
+    assert all(s.analysis.normalized[label.index] for label in by_owner["b.bias"])
+    assert {"weight", "head.weight"} <= set(s.slices(by_owner["b.bias"][0]))
+    assert equivalence_error(ir, by_owner["a.bias"][::2], x, dtype=torch.float64) < 1e-10
+
+
 def test_input_channels_of_a_standardised_weight_enter_its_statistics():
     # NF-Net style: a 1x1 weight standardised per filter with F.batch_norm(training=True): its input
     # channels are in the statistics, so removing a dead one changes the other weights (valid, not

@@ -599,16 +599,23 @@ _REDUCTIONS = ["mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod"
                torch.argmax, torch.argmin, torch.median]
 
 
+_SUMS = ("sum",)  # a dead channel adds nothing: removing it is exact
+_STATISTICS = ("mean", "std", "var", "norm", "linalg_vector_norm", "logsumexp", "amax", "amin")  # valid, not exact
+
+
 @register(*_REDUCTIONS, "norm", torch.norm, torch.linalg.vector_norm)
 class Reduce(Rule):
-    """Reducing a channel dim mixes channels (a mean would change): those channels are blocked. Norms
-    take their dims after the order ``p``."""
+    """Reducing over a channel dim: a sum keeps its channels prunable (a dead channel adds nothing); a
+    statistic (mean, variance, norm, max value...; hand-written LayerNorm/RMSNorm) keeps them prunable but
+    marks them normalized, as a LayerNorm's (removing one is valid, not exact); ops whose result depends on
+    positions or on every element (argmax, max/min with their indices, median, prod, all/any) block them.
+    Norms take their dims after the order ``p``."""
 
     def propagate(self, ctx, node):
         x = node.args[0]
         value, nd = ctx.value(x), len(ctx.shape(x))
         name = target_name(node)
-        at = 2 if name in ("norm", "vector_norm") else 1
+        at = 2 if name in ("norm", "linalg_vector_norm") else 1
         dims = arg(node, at, "dim", None)
         out_shape = ctx.shape(node)
         if dims is None or isinstance(dims, fx.Node):
@@ -619,8 +626,8 @@ class Reduce(Rule):
         out = []
         for d in range(nd):
             if d in dims:
-                if value[d] is not None:
-                    ctx.space.block(value[d])
+                if value[d] is not None and name not in _SUMS:
+                    (ctx.space.normalized if name in _STATISTICS else ctx.space.block)(value[d])
                 if keepdim:
                     out.append(None)
             else:
