@@ -119,7 +119,33 @@ def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, kee
         if changed:  # the generated code only depends on the graph
             root.recompile()
         return root
-    return fx.GraphModule(root if inplace else _copied_root(root, copies), graph, type(root).__name__)
+    pruned = fx.GraphModule(root if inplace else _copied_root(root, copies), graph, type(root).__name__)
+    add_tied_names(pruned, root, None if inplace else memo)
+    return pruned
+
+
+def add_tied_names(module: nn.Module, root: nn.Module, memo: dict[int, Any] | None = None) -> None:
+    """Give ``module`` (a GraphModule built from ``root``'s graph targets) the other names ``root`` has for a
+    tied tensor it holds: fx copies only the targets, so BERT's LM head bias, read by the graph as the
+    decoder's bias, would lose its first name, the one the analysis, ``state_dict`` and a later prune use.
+    ``memo`` maps ``id`` of ``root``'s tensors to their copies in ``module`` (None: ``module`` shares them)."""
+    names: dict[int, list[tuple[str, torch.Tensor]]] = defaultdict(list)
+    for name, tensor in (*root.named_parameters(remove_duplicate=False), *root.named_buffers(remove_duplicate=False)):
+        names[id(tensor)].append((name, tensor))
+    held = None
+    for tied in (entries for entries in names.values() if len(entries) > 1):
+        if held is None:
+            held = {id(t) for t in (*module.parameters(), *module.buffers())}
+        copied = tied[0][1] if memo is None else memo.get(id(tied[0][1]))
+        if copied is None or id(copied) not in held:
+            continue
+        for name, tensor in tied:
+            owner_name, _, attr = name.rpartition(".")
+            owner = module
+            for part in owner_name.split(".") if owner_name else ():
+                owner = owner._modules.setdefault(part, nn.Module())
+            if attr not in owner._parameters and attr not in owner._buffers:
+                (owner._parameters if isinstance(tensor, nn.Parameter) else owner._buffers)[attr] = copied
 
 
 def _copied_root(root: nn.Module, copies: dict[str, Any]) -> nn.Module:

@@ -67,7 +67,7 @@ def test_an_input_whose_sizes_flip_a_branch_is_refused_by_the_graph():
     x = torch.randn(2, 3, 10, 10)
     ir = PruningIR(Wrapped().eval(), example_input=x)
     pruned = ir.prune(labels=ir.snapshot().labels[:2]).model
-    with pytest.raises(AssertionError, match=r"a condition on tensor sizes \(here True\) in inner differs"):
+    with pytest.raises(AssertionError, match=r"a condition on tensor sizes or dtypes \(here True\) in inner differs"):
         pruned(torch.randn(2, 3, 12, 12))  # divisible by the window: no padding in the model's own code
     with pytest.raises(AssertionError, match="condition on tensor sizes"):
         ir.model(torch.randn(2, 3, 12, 12))  # the unpruned traced model too: the guard is the trace's
@@ -185,3 +185,21 @@ def test_a_tiny_llama_prunes_its_hidden_size_mlp_and_value_features():
     assert pruned(torch.randint(0, 64, (3, 9))).shape == (3, 9, 64)
     with pytest.raises(AssertionError, match="condition on tensor sizes"):
         pruned(torch.randint(0, 64, (1, 9)))  # batch 1: the mask code takes another branch
+
+
+@pytest.mark.parametrize("model_cls, shape", [(Wrapped, (2, 3, 10, 10)), (Wrapped, (2, 3, 8, 8)), (HeadsFromShape, (2, 5, 8))])
+def test_guarded_graphs_survive_a_dill_round_trip(model_cls, shape, tmp_path):
+    """fx re-traces a GraphModule's code when unpickling it: the guards' len() and negation must be graph ops
+    that trace again (the trace stage saves the IR with dill, select and prune load it)."""
+    dill = pytest.importorskip("dill")
+    x = torch.randn(*shape)
+    ir = PruningIR(perturb(model_cls().eval()), example_input=x)
+    labels = [group[0] for group in ir.snapshot().groups]
+    torch.save(ir, tmp_path / "ir.pt", pickle_module=dill)
+    loaded = torch.load(tmp_path / "ir.pt", pickle_module=dill, weights_only=False)
+    torch.save(ir.prune(labels=labels).model, tmp_path / "pruned.pt", pickle_module=dill)
+    pruned = torch.load(tmp_path / "pruned.pt", pickle_module=dill, weights_only=False)
+    torch.testing.assert_close(loaded.model(x), ir.model(x), rtol=0, atol=0)
+    torch.testing.assert_close(pruned(x), ir.prune(labels=labels).model(x), rtol=0, atol=0)
+    guards = [n for n in loaded.model.graph.nodes if n.target is torch._assert]
+    assert guards and len(guards) == sum(n.target is torch._assert for n in ir.model.graph.nodes)

@@ -12,6 +12,7 @@ fallback for anything unknown is :class:`Conservative`: block every input channe
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -93,12 +94,19 @@ class Conservative(Fixed):
         return super().propagate(ctx, node)
 
 
+class Container(Fixed):
+    """A dataclass built from traced values (fx's form of a returned dataclass, such as a Hugging Face
+    ``ModelOutput``): what it packs leaves the graph as is, so its channels stay, as at the output."""
+
+
 CONSERVATIVE = Conservative()
+CONTAINER = Container()
 MODULE_RULES: dict[type, Rule] = {}
 FUNCTION_RULES: dict[Callable, Rule] = {}
 METHOD_RULES: dict[str, Rule] = {}
 #: Rules for functions of other libraries, by qualified name, so that registering needs no import.
-NAMED_FUNCTION_RULES: dict[str, Rule] = {}
+#: Rules by qualified name, for functions and module types of packages that need not be installed.
+NAMED_RULES: dict[str, Rule] = {}
 
 
 def register(*keys: type | Callable | str) -> Callable[[type[Rule]], type[Rule]]:
@@ -118,10 +126,13 @@ def register(*keys: type | Callable | str) -> Callable[[type[Rule]], type[Rule]]
 
 
 def register_rule(key: type | Callable | str, rule: Rule) -> None:
-    """Register ``rule`` for a module type, a method name (``"view"``), a function, or a function by
-    its qualified name (``"timm.layers.padding.pad_same"``: any name with a dot)."""
+    """Register ``rule`` for a module type, a method name (``"view"``), a function, or a function or
+    module type by its qualified name (``"timm.layers.padding.pad_same"``: any name with a dot).
+
+    A module type with a rule is a leaf of the trace (its forward is not traced into), so its rule is
+    what the analysis sees."""
     if isinstance(key, str) and "." in key:
-        NAMED_FUNCTION_RULES[key] = rule
+        NAMED_RULES[key] = rule
     elif isinstance(key, str):
         METHOD_RULES[key] = rule
     elif isinstance(key, type) and issubclass(key, nn.Module):
@@ -144,16 +155,28 @@ def lookup(node: fx.Node, module: nn.Module | None) -> Rule:
                           "change its input or output: it is kept opaque and its channels are unprunable "
                           "(remove the hooks before building the IR to prune it)", stacklevel=2)
             return CONSERVATIVE
-        return MODULE_RULES.get(type(module), CONSERVATIVE)
+        return module_rule(type(module)) or CONSERVATIVE
     if node.op == "call_function":
         rule = FUNCTION_RULES.get(node.target)
         if rule is None:
             target = node.target
-            rule = NAMED_FUNCTION_RULES.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}")
+            rule = NAMED_RULES.get(qualified_name(target))
+        if rule is None and isinstance(node.target, type) and dataclasses.is_dataclass(node.target):
+            rule = CONTAINER
         return rule or CONSERVATIVE
     if node.op == "call_method":
         return METHOD_RULES.get(node.target, CONSERVATIVE)
     raise ValueError(f"no rules for node kind {node.op}")
+
+
+def qualified_name(obj: Any) -> str:
+    """``module.qualname`` of a function or class, as ``NAMED_RULES`` keys it."""
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+
+
+def module_rule(module_type: type) -> Rule | None:
+    """The rule registered for a module type, by the type itself or by its qualified name."""
+    return MODULE_RULES.get(module_type) or NAMED_RULES.get(qualified_name(module_type))
 
 
 def target_name(node: fx.Node) -> str:

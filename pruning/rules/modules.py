@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import CONSERVATIVE, Rule, register
+from .base import CONSERVATIVE, Rule, register, register_rule
 from .common import group_norm_channels, im2col, pixel_shuffle, reshape, spatial, statistics_over, window_size
 from .tensor_ops import _contract, conv_channels
 
@@ -115,29 +115,44 @@ class ConvTransposeModule(Rule):
 
 @register(nn.Linear)
 class LinearModule(Rule):
-    """Linear layer on the last dim."""
+    """Linear layer on the last dim; its weight is (out, in)."""
+
+    out_axis = 0
 
     def propagate(self, ctx, node):
         value, _ = _input(ctx, node)
-        _tie(ctx, value[-1], f"{node.target}.weight", 1)
-        out_ids = ctx.param_axis(f"{node.target}.weight", 0)
+        _tie(ctx, value[-1], f"{node.target}.weight", 1 - self.out_axis)
+        out_ids = ctx.param_axis(f"{node.target}.weight", self.out_axis)
         if ctx.module(node).bias is not None:
             ctx.param_axis(f"{node.target}.bias", 0, out_ids)
         return value[:-1] + (out_ids,)
 
     def output_shape(self, m, shape):
-        if len(shape) == 0 or shape[-1] != m.weight.shape[1]:
+        if len(shape) == 0 or shape[-1] != m.weight.shape[1 - self.out_axis]:
             return None
-        return (*shape[:-1], m.weight.shape[0])
+        return (*shape[:-1], m.weight.shape[self.out_axis])
 
     def input_channel_dim(self, m, shape):
         return len(shape) - 1
 
     def output_shift(self, m, shift):
-        return m.weight.detach() @ shift.to(m.weight)
+        return m.weight.detach().movedim(self.out_axis, 0) @ shift.to(m.weight)
 
     def update_module(self, m):
         m.out_features, m.in_features = m.weight.shape
+
+
+class TransposedLinearModule(LinearModule):
+    """``transformers``' ``Conv1D`` (GPT-2 and its kin): a linear layer on the last dim whose weight is
+    (in, out), computed with ``addmm``; registered by name, so transformers need not be installed."""
+
+    out_axis = 1
+
+    def update_module(self, m):
+        m.nx, m.nf = m.weight.shape
+
+
+register_rule("transformers.pytorch_utils.Conv1D", TransposedLinearModule())
 
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+import math
 import operator
 from typing import Any
 
@@ -12,6 +13,7 @@ from torch import fx
 
 from .base import CONSERVATIVE, Fixed, Rule, arg, flatten_args, is_size, normalize_dim, register, target_name
 from ..channels.values import SizeOf
+from ..tracing.sizes import negated, size_count
 from .common import (broadcast, group_norm_channels, im2col, merge_in_groups, pixel_shuffle, reshape, spatial,
                      statistics_over, window_size)
 
@@ -25,6 +27,8 @@ _ELEMENTWISE_FUNCTIONS = [
     torch.add, torch.sub, torch.mul, torch.div, torch.where, torch.maximum, torch.minimum,
     torch.masked_fill, torch.pow, torch.true_divide, torch.subtract, torch.multiply,
     torch.addcmul, torch.addcdiv, torch.lerp,
+    # on sizes only (fx records the math module's functions: ``math.sqrt(head_dim)``)
+    math.sqrt, math.ceil, math.floor, math.log, math.log2, math.exp, math.pow, math.trunc,
 ]
 _ELEMENTWISE_METHODS = [
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "masked_fill", "masked_fill_",
@@ -102,7 +106,7 @@ class SizeGuard(Fixed):
 
 
 _UNARY_FUNCTIONS = [
-    operator.neg, operator.not_, abs, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.log,
+    operator.neg, operator.not_, negated, abs, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.exp, torch.log,
     torch.abs, torch.neg, torch.sqrt, torch.rsqrt, torch.clamp, torch.clip, torch.erf, torch.sin,
     torch.cos, torch.square, torch.reciprocal, torch.sign, torch.zeros_like, torch.ones_like,
     torch.empty_like, torch.full_like, torch.rand_like, torch.randn_like, torch.detach,
@@ -160,7 +164,7 @@ class ReadSize(Rule):
         return SizeOf(value, True)  # numel
 
 
-@register(builtins.len)
+@register(builtins.len, size_count)
 class Length(Rule):
     """``len(x)``: a tensor's first size (which remembers its channels); of a shape, its number of dims,
     which no pruning changes."""
@@ -523,8 +527,11 @@ class GetItem(Rule):
             elif kind == "int":
                 if ids is not None:
                     ctx.space.block(ids)
-            else:  # advanced indexing: give up on the whole tensor
+            else:  # advanced indexing: give up on the whole tensor, and on the index tensors' dims
                 ctx.block_value(value)
+                for a in (index if isinstance(index, (tuple, list)) else (index,)):
+                    if isinstance(a, fx.Node):
+                        ctx.block_value(ctx.value(a))
                 return None
         return tuple(out)
 

@@ -60,7 +60,16 @@ class _Shaped:
 
 
 def _materialize(value: Any) -> Any:
-    return fx.node.map_aggregate(value, lambda v: v.materialize() if isinstance(v, _Shaped) else v)
+    """``value`` with its shape placeholders made tensors, in the plain containers of node arguments; any other
+    object is passed as it is (a Hugging Face ``ModelOutput`` a leaf returned stays one, not a plain dict)."""
+    if isinstance(value, _Shaped):
+        return value.materialize()
+    kind = type(value)
+    if kind in (tuple, list, fx.immutable_collections.immutable_list):
+        return tuple(_materialize(v) for v in value) if kind is tuple else [_materialize(v) for v in value]
+    if kind in (dict, fx.immutable_collections.immutable_dict):
+        return {k: _materialize(v) for k, v in value.items()}
+    return value
 
 
 def _last_uses(graph: fx.Graph) -> dict[fx.Node, list[fx.Node]]:

@@ -3,15 +3,21 @@
 torch.fx cannot branch on a traced value (``if x.shape[-1] % self.window:`` fails), so soft tracing used
 to keep any module that pads, crops or pools by the input's size opaque, and its channels unprunable.
 When the IR is built with an example input, every traced value computed only from tensor sizes
-(``x.shape``, ``x.size(d)``, ``x.dim()``, ``x.numel()`` and plain arithmetic on them) has a known value
-for that input: :class:`SizeOracle` computes it on fake copies of the inputs (no arithmetic on data), the
-tracer takes the branch the example takes, and a ``torch._assert`` in the graph checks the condition on
-every later call. So the graph never silently computes another branch's function: an input that would
+(``x.shape``, ``x.size(d)``, ``x.dim()``, ``x.numel()`` and plain arithmetic on them) or dtypes
+(``if x.dtype != self.proj.weight.dtype: x = x.to(...)``) has a known value for that input:
+:class:`SizeOracle` computes it on fake copies of the inputs (no arithmetic on data), the tracer takes
+the branch the example takes, and a ``torch._assert`` in the graph checks the condition on every later
+call. So the graph never silently computes another branch's function: an input that would
 take the other branch (another resolution or batch size, where the model's code depends on it) raises an
 ``AssertionError`` naming the module. Likewise ``len()`` of a traced shape and unpacking it
 (``(*x.shape[:-1], -1, head_dim)``, as Hugging Face attention does) take the example's number of dims, with
 an assert on it; the sizes themselves stay traced. Conditions on values (``if x.sum() > 0``) stay
-untraceable.
+untraceable. A dtype condition decided for a float32 example may come out otherwise under autocast or
+for inputs of another dtype; its guard then raises: build the IR with inputs of the dtype the model will see.
+
+The guards' ``len`` and ``not`` are the graph ops :func:`size_count` and :func:`negated`, which the tracer
+records in every trace: fx traces a GraphModule's generated code again when unpickling it, and a plain
+``len()`` of a traced value cannot be traced.
 
 A condition on a channel count reads that channel dim's size, so the analysis keeps those channels
 (a size consumed by an op without a size-aware rule blocks its channels): pruning never flips a guard.
@@ -27,9 +33,25 @@ from torch.fx._symbolic_trace import _maybe_revert_all_patches
 
 from .shapes import bind_inputs, evaluate
 
-#: Tensor methods and attributes whose result depends only on the tensor's shape.
+#: Tensor methods and attributes whose result depends only on the tensor's shape (or its dtype).
 SIZE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
-SIZE_ATTRIBUTES = frozenset({"shape", "ndim"})
+SIZE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype"})
+
+
+def size_count(sizes: Any) -> int:
+    """``len()`` of a traced shape, as a graph op. Python's ``len`` must return an int, so fx cannot trace a
+    ``len`` call again when it rebuilds a GraphModule from its code (unpickling); the tracer auto-wraps
+    this function instead, in both traces."""
+    return len(sizes)
+
+
+def negated(condition: Any) -> bool:
+    """``not condition`` as a graph op (the guard of a branch not taken), for the reason of :func:`size_count`."""
+    return not condition
+
+
+#: Functions the tracer records as graph ops, whenever it traces (also when unpickling a GraphModule).
+GUARD_FUNCTIONS = (size_count, negated)
 
 
 class SizeOracle:

@@ -11,10 +11,11 @@ guarded in the graph (:mod:`pruning.tracing.sizes`) instead of failing.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import functools
 import inspect
-import operator
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -22,8 +23,9 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import fx, nn
 
+from ..rules.base import module_rule
 from .composites import TRACED_FORWARDS
-from .sizes import SizeOracle
+from .sizes import GUARD_FUNCTIONS, SizeOracle, negated, size_count
 from .state import unchanged_attributes
 
 #: Modules from outside ``torch.nn`` that the rule registry handles as a whole.
@@ -45,9 +47,15 @@ class TracingError(RuntimeError):
 
 
 class _Tracer(fx.Tracer):
+    #: A buffer read in a traced forward is a ``get_attr`` of it, not a constant copy: it stays one tensor
+    #: with the model's, and can be indexed by traced sizes (``self.position_ids[:, :seq_length]``).
+    proxy_buffer_attributes = True
+
     def __init__(self, leaf_types: tuple[type, ...] = (), leaf_ids: set[int] | None = None,
                  leaf_functions: tuple[Callable, ...] = (), example: tuple | None = None) -> None:
-        super().__init__(autowrap_functions=leaf_functions)
+        # The guard functions are wrapped in every trace, including the one fx runs on a GraphModule's
+        # code when unpickling it (it builds this class with no arguments).
+        super().__init__(autowrap_functions=GUARD_FUNCTIONS + leaf_functions)
         self.leaf_types = leaf_types + _EXTRA_LEAF_TYPES
         self.leaf_ids = leaf_ids or set()
         self.failed_module: str | None = None
@@ -84,9 +92,31 @@ class _Tracer(fx.Tracer):
         if value is _UNKNOWN:
             return super().to_bool(obj)
         taken = bool(value)
-        self._guard(obj if taken else self.create_proxy("call_function", operator.not_, (obj,), {}),
-                    f"a condition on tensor sizes (here {taken})")
+        self._guard(obj if taken else self.create_proxy("call_function", negated, (obj,), {}),
+                    f"a condition on tensor sizes or dtypes (here {taken})")
         return taken
+
+    def create_arg(self, a: Any) -> Any:
+        """A returned dataclass that is also a dict (a Hugging Face ``ModelOutput``) is rebuilt as its own
+        class in the graph, as fx does for other dataclasses, instead of decaying to a plain dict."""
+        if isinstance(a, dict) and type(a) not in (dict, collections.OrderedDict) and dataclasses.is_dataclass(a):
+            return self.create_node("call_function", type(a), (), {
+                f.name: self.create_arg(getattr(a, f.name)) for f in dataclasses.fields(a)})
+        try:
+            return super().create_arg(a)
+        except NotImplementedError as error:  # fx: "argument of type: <class ...>"
+            raise TracingError(
+                f"the traced code passes or returns a {type(a).__module__}.{type(a).__qualname__}, which a graph "
+                "cannot hold (only tensors, numbers, strings, and tuples, lists, dicts and dataclasses of them); "
+                "have the model return tensors (a Hugging Face model returns its key/value cache: set "
+                "model.config.use_cache = False before building the IR)") from error
+
+    def _installed(self, m: nn.Module) -> bool:
+        try:
+            self.path_of_module(m)
+        except NameError:
+            return False
+        return True
 
     def length(self, obj: fx.Proxy) -> int | None:
         """The length of a tuple of sizes for the example input (the tensor's rank), guarded by an assert
@@ -94,7 +124,7 @@ class _Tracer(fx.Tracer):
         value = self._example_value(obj)
         if not isinstance(value, (tuple, list)):
             return None
-        self._guard(self.create_proxy("call_function", len, (obj,), {}) == len(value),
+        self._guard(self.create_proxy("call_function", size_count, (obj,), {}) == len(value),
                     f"the number of dims of a shape (here {len(value)})")
         return len(value)
 
@@ -109,9 +139,18 @@ class _Tracer(fx.Tracer):
             return True
         if type(m) in TRACED_FORWARDS:  # composites of known layers: traced through (see composites)
             return False
-        return super().is_leaf_module(m, module_qualified_name)
+        return module_rule(type(m)) is not None or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
+        if not self._installed(m):
+            # Made inside a forward (``nn.ReLU()(x)``, as DistilBERT's head does): not a submodule, so not
+            # a graph target. Without state it is its forward's functions, traced in place.
+            if next(m.parameters(), None) is not None or next(m.buffers(), None) is not None:
+                raise TracingError(
+                    f"a forward creates a {type(m).__name__} with parameters or buffers on each call instead of "
+                    "holding it as a submodule, so it cannot be pruned or saved with the model: assign it to an "
+                    "attribute in __init__")
+            return forward(*args, **kwargs)
         if TRACED_FORWARDS.get(type(m)) is not None and not self.is_leaf_module(m, ""):
             forward = functools.partial(TRACED_FORWARDS[type(m)], m)
         try:
@@ -162,7 +201,8 @@ def trace_graph(
     default, so that ``if mask is not None:`` takes the branch the calls will take, and branches on
     tensor sizes take the example's way, guarded in the graph (:mod:`pruning.tracing.sizes`).
     """
-    concrete = _defaults_after(model, len(example)) if example is not None else None
+    shim = _positional_forward(model, example)
+    concrete = _defaults_after(model, len(example)) if example is not None and shim is None else None
     leaf_types: list[type] = []
     leaf_ids: set[int] = set()
     for item in leaf_modules or ():
@@ -180,7 +220,7 @@ def trace_graph(
         tracer = _Tracer(tuple(leaf_types), leaf_ids, tuple(leaf_functions), example)
         try:
             # unchanged_attributes: a forward that caches tensors would keep Proxies
-            with unchanged_attributes(model), _sized_proxies():
+            with unchanged_attributes(model), _sized_proxies(), _class_swapped(model, shim):
                 graph = tracer.trace(model, concrete_args=concrete)
             break
         except Exception as error:  # noqa: BLE001 - re-raised with context below
@@ -199,6 +239,8 @@ def trace_graph(
                 where = f"submodule '{name}' ({type(modules[name]).__name__})" if name else (
                     f"the forward of {type(model).__name__} itself"
                 )
+                if isinstance(error, TracingError):  # ours: the message says what to change
+                    raise TracingError(f"torch.fx cannot trace {where}: {error}") from error
                 hint = (
                     "pass it in leaf_modules or use soft_tracing=True"
                     if name
@@ -221,6 +263,58 @@ def trace_graph(
         if isinstance(node.type, str):
             node.type = None
     return graph
+
+
+def _positional_forward(model: nn.Module, example: tuple | None) -> type | None:
+    """A subclass of ``model``'s class whose forward takes the example's inputs by name and calls the
+    model's own forward, when that forward takes ``*args``/``**kwargs`` or is a decorator's wrapper that
+    does (Hugging Face's ``can_return_tuple``, say); None otherwise.
+
+    fx reads the parameters of the wrapped function but calls the wrapper, which fails, and it makes
+    ``**kwargs`` an input of the graph; tracing the subclass runs the decorators as a normal call would.
+    The graph takes the example's inputs, named after the forward's first parameters; the others keep
+    their defaults (as with a plain forward)."""
+    cls = type(model)
+    forward = cls.forward
+    inner = inspect.unwrap(forward)
+    wrapper = inner is not forward and _takes_variadics(forward)
+    if not wrapper and (example is None or not _takes_variadics(inner)):
+        return None
+    if example is None:
+        raise TracingError(
+            f"the forward of {cls.__name__} is wrapped by a decorator that takes (*args, **kwargs), so the inputs "
+            "to trace it with cannot be told from its signature: pass example_input= (the positional inputs)")
+    parameters = list(inspect.signature(inner).parameters.values())[1:]
+    positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):  # *inputs: the rest are numbered
+        positional += [f"input_{i}" for i in range(len(positional), len(example))]
+    if len(positional) < len(example):
+        raise TracingError(f"the forward of {cls.__name__} takes {len(positional)} positional inputs "
+                           f"({', '.join(positional)}), but example_input has {len(example)}")
+    names = ", ".join(positional[:len(example)])
+    namespace: dict[str, Any] = {"_forward": forward}
+    exec(f"def forward(self, {names}):\n    return _forward(self, {names})\n", namespace)  # noqa: S102
+    return type(cls.__name__, (cls,), {"forward": namespace["forward"], "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__})
+
+
+def _takes_variadics(function: Callable) -> bool:
+    code = getattr(function, "__code__", None)
+    return code is not None and bool(code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS))
+
+
+@contextlib.contextmanager
+def _class_swapped(model: nn.Module, cls: type | None) -> Iterator[None]:
+    """``model`` is an instance of ``cls`` (when given) for the duration."""
+    if cls is None:
+        yield
+        return
+    original = model.__class__
+    model.__class__ = cls
+    try:
+        yield
+    finally:
+        model.__class__ = original
 
 
 def _defaults_after(model: nn.Module, given: int) -> dict[str, object] | None:
