@@ -265,3 +265,29 @@ def test_a_forward_with_varargs_takes_the_examples_inputs_numbered():
     ir = PruningIR(perturb(TakesVarargs()), example_input=(x, x, x))
     assert [n.name for n in ir.model.graph.nodes if n.op == "placeholder"] == ["x", "input_1", "input_2"]
     assert equivalence_error(ir, _labels(ir), x, x, x) < 1e-6
+
+
+class OldStyleHeads(nn.Module):
+    """Attention heads as older Hugging Face models (PVT) shape them, ``x.size()[:-1] + (heads, head_dim)``, and a
+    max-pool written as ``view(...).max(dim=1).values`` added to a residual (Hiera)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.o = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.proj, self.skip, self.head = nn.Linear(8, 6), nn.Linear(8, 6), nn.Linear(6, 2)
+
+    def forward(self, x):  # (batch, 4, 8)
+        heads = self.q(x).view(x.size()[:-1] + (2, 4)).permute(0, 2, 1, 3)
+        y = self.o(heads.permute(0, 2, 1, 3).reshape(x.shape))
+        pooled = self.proj(y).view(x.shape[0], 2, -1, 6).max(dim=1).values
+        return self.head(pooled + self.skip(y)[:, :2])
+
+
+def test_a_shape_built_at_run_time_and_a_max_values_prune_correctly():
+    x = torch.randn(3, 4, 8)
+    ir = PruningIR(perturb(OldStyleHeads()), example_input=x)
+    s = ir.snapshot()
+    assert not any("q.weight" in s.slices(group[0]) for group in s.groups)  # its literals are out of reach
+    assert any({"proj.weight", "skip.weight"} <= set(s.slices(group[0])) for group in s.groups)
+    assert equivalence_error(ir, _labels(ir), x) < 1e-6
+    assert ir.prune(labels=_labels(ir)).model(x).shape == (3, 2, 2)

@@ -145,10 +145,17 @@ class Independent(Rule):
 
 @register("size", "numel", "nelement", builtins.getattr)
 class ReadSize(Rule):
-    """``x.shape``, ``x.size(d)``, ``x.numel()``: sizes that remember the channels they count."""
+    """``x.shape``, ``x.size(d)``, ``x.numel()``: sizes that remember the channels they count; ``.values`` and
+    ``.indices`` of a (values, indices) result (``x.max(dim).values``) carry its channels."""
 
     def propagate(self, ctx, node):
         value = ctx.value(node.args[0])
+        if node.target is builtins.getattr and isinstance(value, list):  # a result tuple: max(dim).values
+            fields = ("values", "indices")
+            if len(value) == 2 and node.args[1] in fields:
+                return value[fields.index(node.args[1])]
+            ctx.block_value(value)
+            return None
         if not isinstance(value, tuple):
             return None
         if node.target is builtins.getattr:
@@ -196,6 +203,11 @@ class Reshape(Rule):
     def propagate(self, ctx, node):
         x = node.args[0]
         out = reshape(ctx, ctx.value(x), ctx.shape(x), ctx.shape(node))
+        if target_name(node) in ("view", "reshape") and _computed_shape(node):
+            # ``x.view(x.size()[:-1] + (heads, head_dim))``: the literals sit inside the node that built
+            # the shape, out of this rewrite's reach, so no dim may change size.
+            ctx.block_value(out)
+            return out
         _check_sizes(ctx, node, out)
         return out
 
@@ -216,6 +228,12 @@ class Reshape(Rule):
             fixed = _fixed_sizes(sizes, new[dim:dim + len(sizes)], ids[dim:dim + len(sizes)])
             node.args = (node.args[0], dim, fixed)
             node.kwargs = {}
+
+
+def _computed_shape(node: fx.Node) -> bool:
+    """A view/reshape whose whole shape is one traced value (a tuple built at run time), not a list of sizes."""
+    sizes = node.args[1:] or [node.kwargs.get("shape")]
+    return len(sizes) == 1 and isinstance(sizes[0], fx.Node) and not is_size(sizes[0].meta.get("pruning_shape"))
 
 
 def _size_items(node: fx.Node) -> list:
