@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -291,3 +292,19 @@ def test_a_shape_built_at_run_time_and_a_max_values_prune_correctly():
     assert any({"proj.weight", "skip.weight"} <= set(s.slices(group[0])) for group in s.groups)
     assert equivalence_error(ir, _labels(ir), x) < 1e-6
     assert ir.prune(labels=_labels(ir)).model(x).shape == (3, 2, 2)
+
+
+class NumpyScale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)) * np.sqrt(6))  # a numpy scalar, as CTRL scales its embeddings
+
+
+def test_a_numpy_scalar_in_the_graph_becomes_a_number():
+    x, model = torch.randn(3, 4), perturb(NumpyScale())
+    ir = PruningIR(model, example_input=x)
+    torch.testing.assert_close(ir.model(x), model(x))  # the generated code named np.float64 (a NameError)
+    assert equivalence_error(ir, _labels(ir), x) < 1e-6

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import fx, nn
 
@@ -98,7 +99,10 @@ class _Tracer(fx.Tracer):
 
     def create_arg(self, a: Any) -> Any:
         """A returned dataclass that is also a dict (a Hugging Face ``ModelOutput``) is rebuilt as its own
-        class in the graph, as fx does for other dataclasses, instead of decaying to a plain dict."""
+        class in the graph, as fx does for other dataclasses, instead of decaying to a plain dict. A numpy
+        scalar (``x * np.sqrt(d)``, CTRL) becomes the Python number: the generated code cannot name numpy."""
+        if isinstance(a, np.generic):
+            return a.item()
         if isinstance(a, dict) and type(a) not in (dict, collections.OrderedDict) and dataclasses.is_dataclass(a):
             return self.create_node("call_function", type(a), (), {
                 f.name: self.create_arg(getattr(a, f.name)) for f in dataclasses.fields(a)})
