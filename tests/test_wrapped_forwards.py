@@ -308,3 +308,16 @@ def test_a_numpy_scalar_in_the_graph_becomes_a_number():
     ir = PruningIR(model, example_input=x)
     torch.testing.assert_close(ir.model(x), model(x))  # the generated code named np.float64 (a NameError)
     assert equivalence_error(ir, _labels(ir), x) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["llama", "bert"])
+def test_a_hugging_face_attention_mask_is_a_second_example_input(name):
+    model, ids, _ = _hf_case(name)
+    model = perturb(model.eval())
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0  # the second row is padded
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ir = PruningIR(model, example_input=(ids, mask))
+    assert [n.name for n in ir.model.graph.nodes if n.op == "placeholder"] == ["input_ids", "attention_mask"]
+    torch.testing.assert_close(ir.model(ids, mask).logits, model(input_ids=ids, attention_mask=mask).logits)
