@@ -321,3 +321,27 @@ def test_a_hugging_face_attention_mask_is_a_second_example_input(name):
         ir = PruningIR(model, example_input=(ids, mask))
     assert [n.name for n in ir.model.graph.nodes if n.op == "placeholder"] == ["input_ids", "attention_mask"]
     torch.testing.assert_close(ir.model(ids, mask).logits, model(input_ids=ids, attention_mask=mask).logits)
+
+
+class RoutedTokens(nn.Module):
+    """Tokens split by counts computed from the data, as a mixture of experts routes them (JetMoE)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(3, 2)
+        self.w0, self.w1 = nn.Parameter(torch.randn(6, 3)), nn.Parameter(torch.randn(6, 3))
+
+    def forward(self, x):  # (tokens, 4)
+        h = torch.relu(self.a(x))
+        counts = torch.stack([(x[:, 0] <= 0).sum(), (x[:, 0] > 0).sum()]).tolist()
+        first, second = h[x[:, 0].argsort()].split(counts, dim=0)
+        return self.b(torch.cat([first @ self.w0, second @ self.w1], dim=0))
+
+
+def test_a_split_by_counts_computed_at_run_time_keeps_them():
+    x = torch.randn(8, 4)
+    x[:, 0] = torch.tensor([-1.0, 1, -1, 1, 1, 1, -1, 1])  # 3 / 5 for the example
+    ir = PruningIR(perturb(RoutedTokens()), example_input=x)
+    other = torch.randn(8, 4)
+    other[:, 0] = torch.tensor([1.0, -1, -1, -1, -1, 1, -1, -1])  # 6 / 2: the example's counts would not fit
+    assert equivalence_error(ir, _labels(ir), other) < 1e-6

@@ -374,7 +374,9 @@ class Stack(Rule):
 @register("split", "chunk", torch.split, torch.chunk)
 class Split(Rule):
     """Split/chunk: each piece gets its slice of the ids; after pruning the pieces get explicit
-    sizes (a chunk becomes a split), so uneven pruning of the pieces stays valid."""
+    sizes (a chunk becomes a split), so uneven pruning of the pieces stays valid. Sizes computed at run
+    time (a mixture of experts splits tokens by its routing) stay as they are: a split along channels
+    by such sizes keeps its channels, and a split along any other dim is not rewritten."""
 
     rewrites = True
 
@@ -384,6 +386,9 @@ class Split(Rule):
         pieces = ctx.shape(node)
         dim = normalize_dim(arg(node, 2, "dim", 0), len(shape))
         ids = value[dim]
+        if ids is not None and _computed_sizes(node):
+            ctx.space.block(ids)
+            ids = None
         out, start = [], 0
         for piece in pieces:
             size = piece[dim]
@@ -394,6 +399,8 @@ class Split(Rule):
     def rewrite(self, rw, node):
         pieces = rw.new_shape(node)
         dim = normalize_dim(arg(node, 2, "dim", 0), len(pieces[0]))
+        if rw.ids(node.args[0])[dim] is None:  # not along channels: the sizes stay (literal or computed)
+            return
         sizes = [p[dim] for p in pieces]
         if isinstance(node.target, str):
             node.target = "split"
@@ -401,6 +408,14 @@ class Split(Rule):
             node.target = torch.split
         node.args = (node.args[0], sizes, dim)
         node.kwargs = {}
+
+
+def _computed_sizes(node: fx.Node) -> bool:
+    """Whether a split's sizes (or a chunk's count) are traced values rather than literals."""
+    sizes = node.args[1] if len(node.args) > 1 else next(
+        (node.kwargs[k] for k in ("split_size_or_sections", "split_size", "chunks") if k in node.kwargs), None)
+    return isinstance(sizes, fx.Node) or (isinstance(sizes, (tuple, list))
+                                          and any(isinstance(a, fx.Node) for a in flatten_args(sizes)))
 
 
 @register("unbind", torch.unbind)
