@@ -275,11 +275,13 @@ class OldStyleHeads(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.q, self.o = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.m, self.n = nn.Linear(8, 10), nn.Linear(10, 8)
         self.proj, self.skip, self.head = nn.Linear(8, 6), nn.Linear(8, 6), nn.Linear(6, 2)
 
     def forward(self, x):  # (batch, 4, 8)
         heads = self.q(x).view(x.size()[:-1] + (2, 4)).permute(0, 2, 1, 3)
         y = self.o(heads.permute(0, 2, 1, 3).reshape(x.shape))
+        y = y + self.n(torch.relu(self.m(y)).reshape(x.shape[:-1] + (-1,)))  # -1 adapts: prunable (timm MaxViT)
         pooled = self.proj(y).view(x.shape[0], 2, -1, 6).max(dim=1).values
         return self.head(pooled + self.skip(y)[:, :2])
 
@@ -289,6 +291,7 @@ def test_a_shape_built_at_run_time_and_a_max_values_prune_correctly():
     ir = PruningIR(perturb(OldStyleHeads()), example_input=x)
     s = ir.snapshot()
     assert not any("q.weight" in s.slices(group[0]) for group in s.groups)  # its literals are out of reach
+    assert any({"m.weight", "n.weight"} <= set(s.slices(group[0])) for group in s.groups)
     assert any({"proj.weight", "skip.weight"} <= set(s.slices(group[0])) for group in s.groups)
     assert equivalence_error(ir, _labels(ir), x) < 1e-6
     assert ir.prune(labels=_labels(ir)).model(x).shape == (3, 2, 2)

@@ -204,9 +204,12 @@ class Reshape(Rule):
         x = node.args[0]
         out = reshape(ctx, ctx.value(x), ctx.shape(x), ctx.shape(node))
         if target_name(node) in ("view", "reshape") and _computed_shape(node):
-            # ``x.view(x.size()[:-1] + (heads, head_dim))``: the literals sit inside the node that built
-            # the shape, out of this rewrite's reach, so no dim may change size.
-            ctx.block_value(out)
+            # ``x.view(x.size()[:-1] + (heads, head_dim))``: the sizes sit inside the node that built the
+            # shape, out of this rewrite's reach, so a channel dim may change size only where that size is -1.
+            items = _shape_items(ctx, node.args[1] if len(node.args) > 1 else node.kwargs["shape"], len(out))
+            for position, ids in enumerate(out):
+                if ids is not None and (items is None or items[position] != -1):
+                    ctx.space.block(ids)
             return out
         _check_sizes(ctx, node, out)
         return out
@@ -234,6 +237,23 @@ def _computed_shape(node: fx.Node) -> bool:
     """A view/reshape whose whole shape is one traced value (a tuple built at run time), not a list of sizes."""
     sizes = node.args[1:] or [node.kwargs.get("shape")]
     return len(sizes) == 1 and isinstance(sizes[0], fx.Node) and not is_size(sizes[0].meta.get("pruning_shape"))
+
+
+def _shape_items(ctx, shape: fx.Node, ndim: int) -> list | None:
+    """The items of a shape built as ``sizes + (literal, ...)`` (None for a size read from a tensor), or None
+    for a shape built otherwise."""
+    if shape.op != "call_function" or shape.target is not operator.add or len(shape.args) != 2:
+        return None
+    items: list = []
+    for part in shape.args:
+        value = ctx.value(part) if isinstance(part, fx.Node) else None
+        if isinstance(value, SizeOf) and not value.scalar:
+            items += [None] * len(value.ids)
+        elif isinstance(part, (tuple, list)) and all(isinstance(v, int) for v in part):
+            items += list(part)
+        else:
+            return None
+    return items if len(items) == ndim else None
 
 
 def _size_items(node: fx.Node) -> list:
