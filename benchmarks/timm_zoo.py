@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
-import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zoo import run_all_isolated  # noqa: E402
 
 SMALL = ("atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "small", "_s", "18", "b0", "050")
 
@@ -41,9 +39,8 @@ def run_model(name: str) -> dict:
     import timm
     import torch
 
-    from pruning import PruningIR
-    from pruning.verify import equivalence_error, perturb
-    from zoo import half_of_every_group
+    from pruning.verify import perturb
+    from zoo import prune_half_and_check
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -53,33 +50,10 @@ def run_model(name: str) -> dict:
         model = perturb(timm.create_model(name, pretrained=False, num_classes=10).eval())
         size = timm.data.resolve_data_config({}, model=model)["input_size"][1:]
         x = torch.randn(1, 3, *size)
-        started = time.perf_counter()
-        ir = PruningIR(model, example_input=x)
-        row["build_s"] = time.perf_counter() - started
-        snapshot = ir.snapshot()
-        row["labels"], row["groups"] = len(snapshot.labels), len(snapshot.groups)
-        row["opaque"] = sorted({op.split(" (", 1)[1].rstrip(")") for op in snapshot.opaque_ops})
-        pruned = ir.prune(labels=half_of_every_group(snapshot)).model
-        with torch.no_grad():
-            row["runs"] = tuple(pruned(x).shape) == (1, 10)
-        row["params"] = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
-        exact = half_of_every_group(snapshot, exact_only=True)
-        row["equivalence_error"] = equivalence_error(ir, exact, x, dtype=torch.float64) if exact else None
+        prune_half_and_check(model, x, row, lambda out: tuple(out.shape) == (1, 10))
     except Exception as error:  # noqa: BLE001 - the table reports failures
         row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
     return row
-
-
-def run_isolated(name: str, timeout: float) -> dict:
-    """``run_model`` in a fresh process (memory and any crash stay there)."""
-    try:
-        done = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"model": name, "error": f"timeout after {timeout:.0f}s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        return {"model": name, "error": f"crashed (exit {done.returncode}): {done.stderr.strip()[-200:]}"}
-    return json.loads(lines[-1])
 
 
 def markdown(rows: list[dict]) -> str:
@@ -92,7 +66,7 @@ def markdown(rows: list[dict]) -> str:
         err = "-" if r["equivalence_error"] is None else f"{r['equivalence_error']:.1e}"
         lines.append(f"| {r['model']} | {r['labels']} | {r['groups']} | {r['build_s']:.2f} | {r['params']:.2f} | "
                      f"{'ok' if r['runs'] else '**no**'} | {err} | {', '.join(r['opaque'])} |")
-    ok = [r for r in rows if r.get("runs")]
+    ok = [r for r in rows if r.get("runs") and "error" not in r]
     exact = [r for r in ok if r["equivalence_error"] is not None and r["equivalence_error"] < 1e-6]
     lines += ["", f"**{len(ok)}/{len(rows)} prune and run; {len(exact)} of them exact (equivalence error < 1e-6) on "
               f"their exact labels; {sum(1 for r in ok if not r['opaque'])} with every op understood.**"]
@@ -114,14 +88,7 @@ def main() -> None:
     import timm
 
     names = args.models or families(timm.list_models())
-    rows = []
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for row in pool.map(lambda n: run_isolated(n, args.timeout), names):
-            rows.append(row)
-            print(row["model"], row.get("error") or f"ok params {row['params']:.2f} opaque {row['opaque']}", flush=True)
-            if args.json:
-                args.json.with_suffix(".tmp").write_text(json.dumps(rows, indent=1))
-                args.json.with_suffix(".tmp").replace(args.json)
+    rows = run_all_isolated(__file__, names, args.jobs, args.timeout, args.json)
     table = markdown(rows)
     print("\n" + table.splitlines()[-1])
     if args.markdown:

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
+import subprocess
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torchvision
@@ -39,6 +43,61 @@ def half_of_every_group(snapshot, exact_only: bool = False) -> list:
             usable = usable[: len(group) // 2]
         chosen += [snapshot.label(i) for i in usable[: (len(group) + 1) // 2].tolist()]
     return chosen
+
+
+def prune_half_and_check(model: torch.nn.Module, x: torch.Tensor, row: dict, runs: Callable[[Any], bool]) -> None:
+    """Into ``row``: IR build seconds, labels, groups and ops no rule understands; then prune the first half of
+    every group, run the pruned model (``row["runs"] = runs(output)``), and record the parameters left and the
+    equivalence error of the exact labels (float64; float32 where a kernel has no float64, as the grouped
+    matmul of mixtures of experts, marked ``row["float32"]``)."""
+    started = time.perf_counter()
+    ir = PruningIR(model, example_input=x)
+    row["build_s"] = time.perf_counter() - started
+    snapshot = ir.snapshot()
+    row["labels"], row["groups"] = len(snapshot.labels), len(snapshot.groups)
+    row["opaque"] = sorted({op.split(" (", 1)[1].rstrip(")") for op in snapshot.opaque_ops})
+    pruned = ir.prune(labels=half_of_every_group(snapshot)).model
+    with torch.no_grad():
+        row["runs"] = runs(pruned(x))
+    row["params"] = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
+    exact = half_of_every_group(snapshot, exact_only=True)
+    row["equivalence_error"] = None
+    if exact:
+        try:
+            row["equivalence_error"] = equivalence_error(ir, exact, x, dtype=torch.float64)
+        except RuntimeError:
+            row["equivalence_error"] = equivalence_error(ir, exact, x)
+            row["float32"] = True
+
+
+def run_isolated(script: str, name: str, timeout: float, *options: str) -> dict:
+    """``script --child name [options]`` in a fresh process (memory and any crash stay there): the JSON row it
+    prints."""
+    try:
+        done = subprocess.run([sys.executable, script, "--child", name, *options], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "error": f"timeout after {timeout:.0f}s"}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"model": name, "error": f"crashed (exit {done.returncode}): {done.stderr.strip()[-200:]}"}
+    return json.loads(lines[-1])
+
+
+def run_all_isolated(script: str, names: list[str], jobs: int, timeout: float, json_path: Path | None,
+                     *options: str) -> list[dict]:
+    """``run_isolated`` for every name, ``jobs`` at a time: one line per row as it comes, the rows so far
+    written to ``json_path`` after each (atomically)."""
+    rows = []
+    with ThreadPoolExecutor(jobs) as pool:
+        for row in pool.map(lambda name: run_isolated(script, name, timeout, *options), names):
+            rows.append(row)
+            print(row["model"], row.get("skipped") or row.get("error") or
+                  f"ok params {row['params']:.2f} opaque {row['opaque']}", flush=True)
+            if json_path:
+                json_path.with_suffix(".tmp").write_text(json.dumps(rows, indent=1))
+                json_path.with_suffix(".tmp").replace(json_path)
+    return rows
 
 
 def run_model(name: str, repeats: int) -> dict:

@@ -1,0 +1,154 @@
+"""Hugging Face ``transformers`` architectures passed to PruningIR as they are: build, prune half of every
+group, run, check.
+
+    pip install transformers   # not a dependency of the library (the dev install pins it for the tests)
+    python benchmarks/hf_zoo.py [--tasks causal-lm image-classification sequence-classification]
+                                [--models llama vit ...] --json out.json --markdown out.md
+
+For every model type that ``transformers`` maps to a head of a task (``AutoModelForCausalLM``,
+``AutoModelForImageClassification``, ``AutoModelForSequenceClassification``), the head's class is built
+from its default config shrunk to a tiny model (the sizes in ``TINY`` wherever the config has that
+attribute; nested configs too; ``use_cache=False``: a traced graph cannot return a cache object), with
+random weights perturbed so that no layer is all zero, in its own process. Inputs: token ids (2, 16) or
+images (2, C, S, S) at the config's image size. Columns: IR build seconds, prunable labels and groups, ops
+no rule understands (``Snapshot.opaque_ops``), parameters left after pruning the first half of every group,
+whether the pruned model runs and returns the original's output class (a ``ModelOutput``), and the
+equivalence error of the exact labels (``pruning.verify``, float64; float32 where a kernel has no float64, as
+the grouped matmul of mixtures of experts, marked "f32"). A config that cannot be built
+shrunk, or a model over ``--max-params`` after shrinking, is listed as skipped, not as a failure of ours.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zoo import run_all_isolated  # noqa: E402
+
+TASKS = {"causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+         "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
+         "sequence-classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"}
+#: Config attributes set wherever a config has them (integers only; lists of stage sizes keep their defaults).
+TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256, "max_position_embeddings": 128,
+        "n_embd": 64, "n_layer": 2, "n_head": 4, "d_model": 64, "num_layers": 2, "ffn_dim": 128,
+        "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "moe_intermediate_size": 32, "num_experts": 4,
+        "num_local_experts": 4, "num_experts_per_tok": 2, "image_size": 32, "patch_size": 8, "num_labels": 10}
+
+
+def shrunk(config):
+    """``config`` with every ``TINY`` attribute it has (as an int) set, in nested configs too."""
+    for name, value in vars(config).items():
+        if hasattr(value, "to_dict") and hasattr(value, "model_type") and value is not config:
+            shrunk(value)
+        elif name in TINY and isinstance(value, int) and not isinstance(value, bool):
+            setattr(config, name, TINY[name])
+    if hasattr(config, "use_cache"):
+        config.use_cache = False
+    if getattr(config, "pad_token_id", None) is None and hasattr(config, "pad_token_id"):
+        config.pad_token_id = 0  # sequence classification of a batch finds each row's last token by it
+    return config
+
+
+def run_model(spec: str, max_params: float) -> dict:
+    import torch
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    from pruning.verify import perturb
+    from zoo import prune_half_and_check
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    task, model_type = spec.split("/")
+    class_name = getattr(modeling_auto, TASKS[task])[model_type]
+    row: dict = {"model": spec, "class": class_name}
+    try:
+        config = shrunk(transformers.AutoConfig.for_model(model_type))
+        model = getattr(transformers, class_name)(config).eval()
+    except Exception as error:  # noqa: BLE001 - a config this generic shrinking cannot build
+        row["skipped"] = f"not built: {type(error).__name__}: {str(error)[:160]}"
+        return row
+    row["params_m"] = sum(p.numel() for p in model.parameters()) / 1e6
+    if row["params_m"] > max_params:
+        row["skipped"] = f"{row['params_m']:.0f} M parameters after shrinking"
+        return row
+    if task == "image-classification":
+        side = getattr(config, "image_size", 32)
+        side = side if isinstance(side, int) else side[0]
+        x = torch.randn(2, getattr(config, "num_channels", 3), side, side)
+    else:
+        x = torch.randint(1, min(getattr(config, "vocab_size", 256) or 256, 256), (2, 16))
+    try:
+        model = perturb(model)
+        with torch.no_grad():
+            reference = model(x)
+    except Exception as error:  # noqa: BLE001 - the shrunk model itself does not run
+        row["skipped"] = f"does not run shrunk: {type(error).__name__}: {str(error)[:160]}"
+        return row
+    try:
+        prune_half_and_check(model, x, row, lambda out: type(out) is type(reference))
+    except Exception as error:  # noqa: BLE001 - the table reports failures
+        row["error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| task/model type | class | M params | labels | groups | build s | params left | runs | equiv. err | "
+             "ops no rule understands |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "skipped" in r or "error" in r:
+            note = r.get("skipped") or r["error"]
+            status = "skipped" if "skipped" in r else "**error**"
+            lines.append(f"| {r['model']} | {r.get('class', '')} | | | | | | {status} | | "
+                         f"{note[:120].replace('|', '/').replace(chr(10), ' ')} |")
+            continue
+        err = "-" if r["equivalence_error"] is None else f"{r['equivalence_error']:.1e}" + (" (f32)" if r.get("float32") else "")
+        lines.append(f"| {r['model']} | {r['class']} | {r['params_m']:.1f} | {r['labels']} | {r['groups']} | "
+                     f"{r['build_s']:.2f} | {r['params']:.2f} | {'ok' if r['runs'] else '**no**'} | {err} | "
+                     f"{', '.join(r['opaque'])} |")
+    tried = [r for r in rows if "skipped" not in r]
+    ok = [r for r in tried if r.get("runs") and "error" not in r]
+    exact = [r for r in ok if r["equivalence_error"] is not None and r["equivalence_error"] < (1e-4 if r.get("float32") else 1e-6)]
+    lines += ["", f"**{len(ok)}/{len(tried)} built models prune and run, returning their own output class "
+              f"({len(rows) - len(tried)} skipped: not buildable by this shrinking, or too large); {len(exact)} of "
+              f"them exact (equivalence error < 1e-6) on their exact labels; "
+              f"{sum(1 for r in ok if not r['opaque'])} with every op understood.**"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="*", choices=list(TASKS), default=list(TASKS))
+    parser.add_argument("--models", nargs="*", help="model types (llama, vit...); default: every one of each task")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per model (default 300)")
+    parser.add_argument("--max-params", type=float, default=200, help="skip models larger than this, in millions")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_model(args.child, args.max_params)), flush=True)
+        return
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    specs = [f"{task}/{model_type}" for task in args.tasks for model_type in getattr(modeling_auto, TASKS[task])
+             if not args.models or model_type in args.models]
+    rows = run_all_isolated(__file__, specs, args.jobs, args.timeout, args.json, "--max-params", str(args.max_params))
+    table = markdown(rows)
+    print("\n" + table.splitlines()[-1])
+    if args.markdown:
+        args.markdown.write_text(f"transformers {transformers.__version__}, from `python benchmarks/hf_zoo.py`\n\n"
+                                 + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
