@@ -203,10 +203,11 @@ class Reshape(Rule):
     def propagate(self, ctx, node):
         x = node.args[0]
         out = reshape(ctx, ctx.value(x), ctx.shape(x), ctx.shape(node))
-        if target_name(node) in ("view", "reshape") and _computed_shape(node):
+        shape = _computed_shape(node) if target_name(node) in ("view", "reshape") else None
+        if shape is not None:
             # ``x.view(x.size()[:-1] + (heads, head_dim))``: the sizes sit inside the node that built the
             # shape, out of this rewrite's reach, so a channel dim may change size only where that size is -1.
-            items = _shape_items(ctx, node.args[1] if len(node.args) > 1 else node.kwargs["shape"], len(out))
+            items = _shape_items(ctx, shape, len(out))
             for position, ids in enumerate(out):
                 if ids is not None and (items is None or items[position] != -1):
                     ctx.space.block(ids)
@@ -233,10 +234,13 @@ class Reshape(Rule):
             node.kwargs = {}
 
 
-def _computed_shape(node: fx.Node) -> bool:
-    """A view/reshape whose whole shape is one traced value (a tuple built at run time), not a list of sizes."""
-    sizes = node.args[1:] or [node.kwargs.get("shape")]
-    return len(sizes) == 1 and isinstance(sizes[0], fx.Node) and not is_size(sizes[0].meta.get("pruning_shape"))
+def _computed_shape(node: fx.Node) -> fx.Node | None:
+    """The one traced value a view/reshape takes as its whole shape (a tuple built at run time), or None where
+    it takes a list of sizes."""
+    items = _size_items(node)
+    if len(items) == 1 and isinstance(items[0], fx.Node) and not is_size(items[0].meta.get("pruning_shape")):
+        return items[0]
+    return None
 
 
 def _shape_items(ctx, shape: fx.Node, ndim: int) -> list | None:
