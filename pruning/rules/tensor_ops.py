@@ -135,9 +135,10 @@ class Unary(Rule):
 
 @register("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "dim", "element_size",
           torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.randn, torch.rand,
-          torch.tensor, torch.as_tensor)
+          torch.tensor, torch.as_tensor, torch.randint, torch.finfo, torch.iinfo)
 class Independent(Rule):
-    """The output's shape does not follow the channels of any tensor input (new tensors)."""
+    """The output's shape does not follow the channels of any tensor input (new tensors, and a dtype's
+    limits: ``torch.finfo(x.dtype).min``)."""
 
     def propagate(self, ctx, node):
         return None
@@ -146,7 +147,9 @@ class Independent(Rule):
 @register("size", "numel", "nelement", builtins.getattr)
 class ReadSize(Rule):
     """``x.shape``, ``x.size(d)``, ``x.numel()``: sizes that remember the channels they count; ``.values`` and
-    ``.indices`` of a (values, indices) result (``x.max(dim).values``) carry its channels."""
+    ``.indices`` of a (values, indices) result (``x.max(dim).values``) carry its channels; ``x.T``/``x.mT``
+    (and their conjugates ``.H``/``.mH``) carry them on the transposed dims. Other attributes but dtype,
+    device and rank block the tensor's channels."""
 
     def propagate(self, ctx, node):
         value = ctx.value(node.args[0])
@@ -162,6 +165,10 @@ class ReadSize(Rule):
             attribute = node.args[1]
             if attribute == "shape":
                 return SizeOf(value, False)
+            if attribute in ("T", "H"):  # all dims reversed (a matrix transposed: ``x @ self.weight.T``)
+                return value[::-1]
+            if attribute in ("mT", "mH"):  # the last two dims swapped
+                return value[:-2] + (value[-1], value[-2])
             if attribute not in ("dtype", "device", "ndim", "is_cuda", "requires_grad"):
                 ctx.block_value(value)
             return None

@@ -26,6 +26,7 @@ from torch import fx, nn
 
 from ..rules.base import module_rule
 from .composites import TRACED_FORWARDS
+from .factories import recorded_factories
 from .sizes import GUARD_FUNCTIONS, SizeOracle, negated, size_count
 from .state import unchanged_attributes
 
@@ -41,6 +42,8 @@ except ImportError:  # pragma: no cover - torchvision is installed in developmen
 
 _TORCH_DIR = str(Path(torch.__file__).parent)
 _UNKNOWN = object()
+#: The torch dtype that torch's argument parser reads a Python type given as a dtype as.
+_PYTHON_DTYPES = {bool: torch.bool, int: torch.int64, float: torch.float64, complex: torch.complex128}
 
 
 class TracingError(RuntimeError):
@@ -62,6 +65,12 @@ class _Tracer(fx.Tracer):
         self.failed_module: str | None = None
         self.example = example  # when given, branches on sizes are decided for it
         self._oracle: SizeOracle | None = None
+
+    def trace(self, root: nn.Module | Callable, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
+        """fx's trace, with tensor factories and dtype limits given traced values recorded as graph ops
+        (:mod:`pruning.tracing.factories`), also when fx traces a GraphModule's code to unpickle it."""
+        with recorded_factories():
+            return super().trace(root, concrete_args)
 
     def _example_value(self, obj: fx.Proxy) -> Any:
         """The value of a traced value computed from tensor sizes, for the example input; ``_UNKNOWN``
@@ -114,6 +123,15 @@ class _Tracer(fx.Tracer):
                 "cannot hold (only tensors, numbers, strings, and tuples, lists, dicts and dataclasses of them); "
                 "have the model return tensors (a Hugging Face model returns its key/value cache: set "
                 "model.config.use_cache = False before building the IR)") from error
+
+    def create_proxy(self, kind: str, target: Any, args: tuple, kwargs: dict, *rest: Any, **options: Any) -> fx.Proxy:
+        """A Python type given to a torch op as its dtype (``torch.zeros(n, dtype=int)``, Llama 4's mask
+        builder) becomes the torch dtype the op would use (int: int64, float: float64...): a graph cannot
+        hold a type. Only for tensor methods and ``torch`` functions, where a type can mean nothing else."""
+        if kwargs.get("dtype") in _PYTHON_DTYPES and (
+                kind == "call_method" or getattr(target, "__module__", "").startswith("torch")):
+            kwargs = {**kwargs, "dtype": _PYTHON_DTYPES[kwargs["dtype"]]}
+        return super().create_proxy(kind, target, args, kwargs, *rest, **options)
 
     def _installed(self, m: nn.Module) -> bool:
         try:
