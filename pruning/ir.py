@@ -13,7 +13,7 @@ from torch.nn.parameter import is_lazy
 from .channels.propagation import Analysis, Context, ParamSite, get_tensor
 from .compensation import plan
 from .labels import Label, check_selection
-from .surgery import add_tied_names, prune_graph_module
+from .surgery import graph_module, prune_graph_module
 from .tracing import record_shapes, trace_graph
 
 __all__ = ["PruningIR", "Snapshot", "Label", "ParamSite"]
@@ -49,8 +49,7 @@ class Snapshot:
     def model(self) -> fx.GraphModule:
         """The traced model (its submodules are those of the model the IR was built from)."""
         if self._model is None:
-            model = fx.GraphModule(self._root, self._graph, type(self._root).__name__)
-            add_tied_names(model, self._root)
+            model = graph_module(self._root, self._graph, self._root)
             model._pruning_traced = True
             self._model = self._root = model
         return self._model

@@ -119,9 +119,27 @@ def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, kee
         if changed:  # the generated code only depends on the graph
             root.recompile()
         return root
-    pruned = fx.GraphModule(root if inplace else _copied_root(root, copies), graph, type(root).__name__)
-    add_tied_names(pruned, root, None if inplace else memo)
-    return pruned
+    return graph_module(root if inplace else _copied_root(root, copies), graph, root, None if inplace else memo)
+
+
+def graph_module(source: nn.Module, graph: fx.Graph, root: nn.Module,
+                 memo: dict[int, Any] | None = None) -> fx.GraphModule:
+    """``fx.GraphModule(source, graph)``, named after ``root``'s class, with what fx's copy of the graph's
+    targets loses restored from ``root`` (``source`` is ``root`` or holds copies of its targets; ``memo``
+    as in :func:`add_tied_names`): the other names of tied tensors, and buffers' persistence (torch 2.11,
+    seen on a device, registers every buffer it copies as persistent, so a non-persistent mask or position
+    table would enter the state dict)."""
+    module = fx.GraphModule(source, graph, type(root).__name__)
+    for name, owner in root.named_modules():
+        for buffer in owner._non_persistent_buffers_set:
+            try:
+                copy_owner = module.get_submodule(name)
+            except AttributeError:  # not read by the graph
+                continue
+            if buffer in copy_owner._buffers:
+                copy_owner._non_persistent_buffers_set.add(buffer)
+    add_tied_names(module, root, memo)
+    return module
 
 
 def add_tied_names(module: nn.Module, root: nn.Module, memo: dict[int, Any] | None = None) -> None:

@@ -69,6 +69,36 @@ def test_direct_copy_keeps_nested_targets_and_buffer_persistence():
     assert pruned.conv.weight.data_ptr() != model.conv.weight.data_ptr()
 
 
+def _copy_attr_registering_every_buffer_persistent(from_module, to_module, target):
+    """torch.fx's ``_copy_attr`` as torch 2.11 has it (seen on a device): a copied buffer always persistent."""
+    *prefix, field = target.split(".")
+    for item in prefix:
+        f, t = getattr(from_module, item), getattr(to_module, item, None)
+        if f is t:
+            return
+        if t is None:
+            t = nn.Module()
+            setattr(to_module, item, t)
+        from_module, to_module = f, t
+    value = getattr(from_module, field)
+    if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+        to_module.register_buffer(field, value)
+    else:
+        setattr(to_module, field, value)
+
+
+def test_buffer_persistence_is_kept_where_fx_drops_it(monkeypatch):
+    monkeypatch.setattr(torch.fx.graph_module, "_copy_attr", _copy_attr_registering_every_buffer_persistent)
+    model, x = perturb(Constants()).eval(), torch.randn(1, 3, 12, 12)
+    for build_first in (True, False):  # the traced model, and a pruned copy built directly
+        ir = PruningIR(model, example_input=x)
+        if build_first:
+            assert "offset" not in ir.model.state_dict()
+        pruned = ir.prune(labels=ir.snapshot().labels[:3]).model
+        assert "offset" not in pruned.state_dict() and "offset" in dict(pruned.named_buffers())
+    assert "offset" not in model.state_dict()  # the user's model untouched
+
+
 def test_unbuilt_snapshot_saves_with_its_model():
     torch.manual_seed(0)
     model, x = perturb(Residual()), torch.randn(2, 3, 12, 12)
