@@ -1,8 +1,10 @@
-"""Tensor factories, dtype limits and transposed weights as decoders write them: ``torch.ones`` given traced
-sizes one by one (OPT, BART), ``torch.finfo(x.dtype).min`` masks (GPT-Neo, Bloom), a Python type as a dtype
-(Llama 4) and ``x @ self.weight.T`` (Falcon). Each used to make soft tracing keep the decoder opaque."""
+"""Tensor factories, dtype limits, item assignment and transposed weights as decoders write them:
+``torch.ones`` given traced sizes one by one (OPT, BART), ``torch.finfo(x.dtype).min`` masks (GPT-Neo,
+Bloom), a Python type as a dtype (Llama 4), ``ids[mask] = 0`` (Gemma 3) and ``x @ self.weight.T`` (Falcon).
+Each used to make soft tracing keep the decoder opaque."""
 from __future__ import annotations
 
+import operator
 import warnings
 
 import pytest
@@ -103,6 +105,11 @@ def test_graphs_with_recorded_factories_survive_a_dill_round_trip(tmp_path):
     loaded = torch.load(tmp_path / "ir.pt", pickle_module=dill, weights_only=False)
     torch.testing.assert_close(loaded.model(x), ir.model(x), rtol=0, atol=0)
     assert torch.finfo(torch.float16).max == 65504  # torch.finfo is the real class again
+    ids = torch.tensor([[1, 9, 3, 9]])
+    ir = _traced(perturb(Blanking().eval()), ids)
+    torch.save(ir, tmp_path / "assigning.pt", pickle_module=dill)
+    loaded = torch.load(tmp_path / "assigning.pt", pickle_module=dill, weights_only=False)
+    torch.testing.assert_close(loaded.model(ids), ir.model(ids), rtol=0, atol=0)
 
 
 def test_a_transposed_view_keeps_channels_on_its_swapped_dims():
@@ -121,6 +128,34 @@ def test_a_transposed_view_keeps_channels_on_its_swapped_dims():
     labels = s.groups[0][::3]
     assert equivalence_error(ir, labels, x, dtype=torch.float64) < 1e-10
     assert ir.prune(labels=labels).model.b.weight.shape == (5, 6, 1)
+
+
+class Blanking(nn.Module):
+    """Writes into traced tensors: token ids (Gemma 3 blanks its image tokens) and the hidden state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.a, self.b = nn.Embedding(10, 6), nn.Linear(6, 12), nn.Linear(12, 6)
+
+    def forward(self, ids):
+        ids = ids.clone()
+        ids[ids == 9] = 0
+        h = self.embed(ids)
+        h[:, 0] = 0.5  # the first position of every hidden channel
+        return self.b(torch.relu(self.a(h)))
+
+
+def test_item_assignment_is_a_graph_op_and_keeps_the_channels_written():
+    model, ids = perturb(Blanking().eval()), torch.tensor([[1, 9, 3, 9], [9, 2, 2, 5]])
+    ir = _traced(model, ids)
+    s = ir.snapshot()
+    assert s.opaque_ops == [] and "__setitem__" not in vars(torch.fx.Proxy)  # removed after tracing
+    assert sum(n.target is operator.setitem for n in s.model.graph.nodes) == 2
+    assert [len(group) for group in s.groups] == [12]  # a/b's features; the written hidden channels stay
+    labels = s.groups[0][::2]
+    assert equivalence_error(ir, labels, ids, dtype=torch.float64) < 1e-10
+    torch.testing.assert_close(ir.model(ids), model(ids), rtol=0, atol=0)
+    assert torch.equal(ids, torch.tensor([[1, 9, 3, 9], [9, 2, 2, 5]]))  # the input was not written
 
 
 @pytest.mark.parametrize("name", ["opt", "gpt_neo", "falcon"])

@@ -178,6 +178,12 @@ class ReadSize(Rule):
         return SizeOf(value, True)  # numel
 
 
+@register(operator.setitem)
+class Assign(Fixed):
+    """``x[index] = value`` on a traced tensor (:mod:`pruning.tracing.recorded`): the channels of ``x``, of
+    the value and of index tensors stay, since where the write lands on ``x``'s channels is not followed."""
+
+
 @register(builtins.len, size_count)
 class Length(Rule):
     """``len(x)``: a tensor's first size (which remembers its channels); of a shape, its number of dims,

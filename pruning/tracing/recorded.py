@@ -1,19 +1,28 @@
-"""Tensor factories and dtype limits called with traced sizes or dtypes, recorded as graph ops.
+"""Python operations that torch.fx cannot record by itself, recorded as graph ops while our tracer runs.
 
-torch.fx records a torch function as a graph op when a Proxy reaches it through ``__torch_function__``,
-but torch's argument parser rejects a Proxy before that where it expects plain Python values: sizes
-given one by one (``torch.ones(x.shape[0], seq_len, device=x.device)``, Hugging Face's OPT and BART
-decoders), a dtype (``torch.finfo(x.dtype).min``, the additive masks of GPT-Neo, Bloom and MPT) or a
-scalar (``torch.tensor(x.shape[-1])``). Soft tracing then kept the whole decoder opaque. While our
-tracer runs, these functions are replaced by wrappers that record the call when a Proxy is among the
+**Factories and dtype limits.** fx records a torch function as a graph op when a Proxy reaches it through
+``__torch_function__``, but torch's argument parser rejects a Proxy before that where it expects plain
+Python values: sizes given one by one (``torch.ones(x.shape[0], seq_len, device=x.device)``, Hugging
+Face's OPT and BART decoders), a dtype (``torch.finfo(x.dtype).min``, the additive masks of GPT-Neo,
+Bloom and MPT) or a scalar (``torch.tensor(x.shape[-1])``). Soft tracing then kept the whole decoder
+opaque. These functions are replaced by wrappers that record the call when a Proxy is among the
 arguments, with the original function as the node's target, so the generated code calls the real
 function at run time: ``torch.finfo`` reads the dtype of each call's input, so a model traced in
-float32 and run in half precision gets the half-precision limit. Without a Proxy the wrapper calls
-the original.
+float32 and run in half precision gets the half-precision limit. Without a Proxy the wrapper calls the
+original.
+
+**Item assignment.** ``x[mask] = 0`` on a traced tensor (Gemma 3 blanking its image tokens) becomes an
+``operator.setitem`` node, which fx's code generation and dead-code elimination already treat as a
+statement with an effect. Its rule keeps the channels of the tensor written and of the value written
+(:class:`pruning.rules.tensor_ops.Assign`).
+
+Both hold while :meth:`_Tracer.trace` runs, which includes the trace fx runs on a GraphModule's code to
+unpickle it.
 """
 from __future__ import annotations
 
 import contextlib
+import operator
 from typing import Any, Callable, Iterator
 
 import torch
@@ -36,17 +45,27 @@ def _recording(original: Callable) -> Callable:
     return factory
 
 
+def _assign(proxy: fx.Proxy, key: Any, value: Any) -> None:
+    proxy.tracer.create_proxy("call_function", operator.setitem, (proxy, key, value), {})
+
+
 @contextlib.contextmanager
-def recorded_factories() -> Iterator[None]:
-    """``torch.ones``, ``torch.finfo``... record their call in the graph when given a Proxy, for the
-    duration (restored on exit, also on error)."""
+def recorded_calls() -> Iterator[None]:
+    """``torch.ones``, ``torch.finfo``... record their call in the graph when given a Proxy, and a Proxy
+    takes item assignment, for the duration (restored on exit, also on error)."""
     # A nested trace (fx traces a GraphModule's code again when unpickling it) finds the wrappers.
     originals = {name: getattr(getattr(torch, name), "__wrapped_factory__", getattr(torch, name))
                  for name in FACTORY_NAMES}
+    setitem = vars(fx.Proxy).get("__setitem__")
     for name, original in originals.items():
         setattr(torch, name, _recording(original))
+    fx.Proxy.__setitem__ = _assign
     try:
         yield
     finally:
         for name, original in originals.items():
             setattr(torch, name, original)
+        if setitem is None:
+            del fx.Proxy.__setitem__
+        else:
+            fx.Proxy.__setitem__ = setitem

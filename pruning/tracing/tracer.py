@@ -26,7 +26,7 @@ from torch import fx, nn
 
 from ..rules.base import module_rule
 from .composites import TRACED_FORWARDS
-from .factories import recorded_factories
+from .recorded import recorded_calls
 from .sizes import GUARD_FUNCTIONS, SizeOracle, negated, size_count
 from .state import unchanged_attributes
 
@@ -67,9 +67,10 @@ class _Tracer(fx.Tracer):
         self._oracle: SizeOracle | None = None
 
     def trace(self, root: nn.Module | Callable, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
-        """fx's trace, with tensor factories and dtype limits given traced values recorded as graph ops
-        (:mod:`pruning.tracing.factories`), also when fx traces a GraphModule's code to unpickle it."""
-        with recorded_factories():
+        """fx's trace, with tensor factories and dtype limits given traced values, and item assignment,
+        recorded as graph ops (:mod:`pruning.tracing.recorded`), also when fx traces a GraphModule's code
+        to unpickle it."""
+        with recorded_calls():
             return super().trace(root, concrete_args)
 
     def _example_value(self, obj: fx.Proxy) -> Any:
