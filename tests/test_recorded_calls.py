@@ -5,6 +5,8 @@ Each used to make soft tracing keep the decoder opaque."""
 from __future__ import annotations
 
 import operator
+import sys
+import types
 import warnings
 
 import pytest
@@ -182,3 +184,24 @@ def test_hugging_face_decoders_with_such_masks_prune(name):
     assert exact and equivalence_error(ir, exact, x, dtype=torch.float64) < 1e-10
     out = ir.prune(labels=exact).model(x)
     assert type(out) is type(model(x)) and out.logits.shape == (2, 7, 64)
+
+
+def test_a_hugging_face_model_traces_where_jax_is_installed(monkeypatch):
+    """transformers asks every tensor ``hasattr(x, "jax")`` and calls ``x.jax()`` if jax imports: on a Proxy
+    that recorded a call no tensor can run (seen on a machine with jax; here jax is a stand-in module)."""
+    transformers = pytest.importorskip("transformers")
+    jax = types.ModuleType("jax")
+    jax.core = types.SimpleNamespace(Tracer=type("Tracer", (), {}))
+    monkeypatch.setitem(sys.modules, "jax", jax)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, use_cache=False)
+    model, x = perturb(transformers.LlamaForCausalLM(config).eval()), torch.randint(0, 64, (2, 7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers' own deprecation notices
+        ir = PruningIR(model, example_input=x)
+    s = ir.snapshot()
+    assert not [n for n in s.model.graph.nodes if n.op == "call_method" and n.target == "jax"]
+    assert s.opaque_ops == []
+    torch.testing.assert_close(s.model(x).logits, model(x).logits, rtol=0, atol=0)
+    from transformers.utils import import_utils
+    assert import_utils.is_jax_jitting(x) is False and import_utils.is_jax_jitting.__name__ == "is_jax_jitting"

@@ -16,13 +16,19 @@ original.
 statement with an effect. Its rule keeps the channels of the tensor written and of the value written
 (:class:`pruning.rules.tensor_ops.Assign`).
 
-Both hold while :meth:`_Tracer.trace` runs, which includes the trace fx runs on a GraphModule's code to
+**Duck-typing probes.** ``hasattr(proxy, name)`` is always true (a Proxy records attribute reads), so a
+library function that asks a tensor ``hasattr(x, "jax")`` and then calls ``x.jax()`` records a call no
+tensor can run: transformers' ``is_jax_jitting`` does, for every Hugging Face model, wherever jax is
+installed. Such probes (:data:`PROBES`) answer what they answer for a plain tensor while our tracer runs.
+
+All hold while :meth:`_Tracer.trace` runs, which includes the trace fx runs on a GraphModule's code to
 unpickle it.
 """
 from __future__ import annotations
 
 import contextlib
 import operator
+import sys
 from typing import Any, Callable, Iterator
 
 import torch
@@ -45,6 +51,11 @@ def _recording(original: Callable) -> Callable:
     return factory
 
 
+#: Library functions that duck-type a tensor with ``hasattr``, by module and name, and what they return
+#: for a plain tensor: replaced while tracing where their module is imported (none is imported here).
+PROBES = {("transformers.utils.import_utils", "is_jax_jitting"): lambda x: False}
+
+
 def _assign(proxy: fx.Proxy, key: Any, value: Any) -> None:
     proxy.tracer.create_proxy("call_function", operator.setitem, (proxy, key, value), {})
 
@@ -60,9 +71,15 @@ def recorded_calls() -> Iterator[None]:
     for name, original in originals.items():
         setattr(torch, name, _recording(original))
     fx.Proxy.__setitem__ = _assign
+    probes = [(sys.modules[module], name, getattr(sys.modules[module], name), answer)
+              for (module, name), answer in PROBES.items() if hasattr(sys.modules.get(module), name)]
+    for module, name, _, answer in probes:
+        setattr(module, name, answer)
     try:
         yield
     finally:
+        for module, name, original, _ in probes:
+            setattr(module, name, original)
         for name, original in originals.items():
             setattr(torch, name, original)
         if setitem is None:
