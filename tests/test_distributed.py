@@ -35,7 +35,8 @@ def free_port() -> int:
 def launch(out_dir: Path, ddp: bool, criterion: str = "loss_aware") -> list[dict]:
     """Start WORLD_SIZE rank processes (env:// rendezvous on a free port); return each rank's results."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(WORLD_SIZE),
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])]))
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1]),
+                                           *filter(None, [os.environ.get("PYTHONPATH")])]))
     script = Path(__file__).with_name("distributed_calibration.py")
     args = [sys.executable, str(script), "--out-dir", str(out_dir), "--criterion", criterion] + (["--ddp"] if ddp else [])
     procs = [subprocess.Popen(args, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stderr=subprocess.PIPE, text=True)
