@@ -203,3 +203,34 @@ def test_guarded_graphs_survive_a_dill_round_trip(model_cls, shape, tmp_path):
     torch.testing.assert_close(pruned(x), ir.prune(labels=labels).model(x), rtol=0, atol=0)
     guards = [n for n in loaded.model.graph.nodes if n.target is torch._assert]
     assert guards and len(guards) == sum(n.target is torch._assert for n in ir.model.graph.nodes)
+
+
+class ReadsValues(nn.Module):
+    """A leaf whose forward reads its input's values, which fake tensors do not have (as an op without a
+    fake kernel, such as the grouped matmul of a mixture of experts)."""
+
+    def forward(self, x):
+        return x * float(x.abs().max().item() >= 0)
+
+
+class BranchAfterValues(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.values, self.inner = ReadsValues(), PadToWindow()
+
+    def forward(self, x):
+        return self.inner(self.values(x))
+
+
+def test_a_size_branch_after_an_op_without_a_fake_kernel_is_decided_on_the_real_example():
+    """The branches' sizes come from the real example once an op cannot run on fake tensors; before, the one
+    op left every later size unknown, and the module with the branch opaque."""
+    model, x = perturb(BranchAfterValues().eval()), torch.randn(1, 3, 10, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no soft-tracing fallback
+        ir = PruningIR(model, example_input=x, leaf_modules=[ReadsValues])
+    s = ir.snapshot()
+    assert any(n.target is torch._assert for n in s.model.graph.nodes)
+    assert [n.target for n in s.model.graph.nodes if n.op == "call_module"][0] == "values"  # kept whole
+    labels = [label for group in s.groups for label in group[::2]]
+    assert labels and equivalence_error(ir, labels, x, dtype=torch.float64) < 1e-10

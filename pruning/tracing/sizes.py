@@ -24,6 +24,7 @@ A condition on a channel count reads that channel dim's size, so the analysis ke
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -58,15 +59,19 @@ class SizeOracle:
     """Values of the nodes of a graph under construction, for fake copies of the example inputs.
 
     Nodes are evaluated once, in graph order, as the tracer asks (``value``); nothing runs until a
-    branch needs it, so a model without size branches pays nothing.
+    branch needs it, so a model without size branches pays nothing. When an op has no fake-tensor
+    kernel (the grouped matmul of a mixture of experts), the oracle starts again on the real example
+    inputs, as the shape pass does: otherwise that one op would leave every later size unknown, and every
+    later block with a size branch opaque.
     """
 
     def __init__(self, root: nn.Module, graph: fx.Graph, args: tuple) -> None:
         self.root, self.graph, self.args = root, graph, args
-        self._mode: FakeTensorMode | None = None
+        self._mode: FakeTensorMode | contextlib.nullcontext | None = None
         self._env: dict[fx.Node, Any] = {}
         self._modules = dict(root.named_modules())
         self._from_sizes: dict[fx.Node, bool] = {}
+        self._fake = True
 
     def from_sizes(self, node: fx.Node) -> bool:
         """Whether the node's value is computed from tensor sizes and constants only."""
@@ -84,13 +89,26 @@ class SizeOracle:
 
     def value(self, node: fx.Node) -> Any:
         """The node's value for the example inputs (evaluating the nodes before it that are not yet)."""
+        try:
+            return self._evaluated(node)
+        except Exception:  # noqa: BLE001 - an op without a fake kernel, or one that fails for real too
+            if not self._fake:
+                raise
+            self._fake, self._mode = False, None
+            self._env.clear()
+            return self._evaluated(node)
+
+    def _evaluated(self, node: fx.Node) -> Any:
         if self._mode is None:
-            self._mode = FakeTensorMode(allow_non_fake_inputs=True)
             placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
             inputs = bind_inputs(self.graph, self.args, {})
-            with self._mode:
-                self._env.update(zip(placeholders, (self._mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
-                                                    for a in inputs)))
+            if self._fake:
+                self._mode = FakeTensorMode(allow_non_fake_inputs=True)
+                with self._mode:
+                    inputs = tuple(self._mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in inputs)
+            else:
+                self._mode = contextlib.nullcontext()
+            self._env.update(zip(placeholders, inputs))
         # Outside the tracer's patches (module calls and attributes would be traced again), in eval mode
         # as the shape pass (no statistics updated, batch-size-1 inputs accepted).
         with _maybe_revert_all_patches():
@@ -100,7 +118,8 @@ class SizeOracle:
                 with torch.no_grad(), self._mode:
                     for current in self.graph.nodes:
                         if current not in self._env:
-                            self._env[current] = evaluate(current, self._env, self.root, self._modules, fake=True)
+                            self._env[current] = evaluate(current, self._env, self.root, self._modules,
+                                                          fake=self._fake)
                         if current is node:
                             break
             finally:
