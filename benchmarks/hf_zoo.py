@@ -3,7 +3,7 @@ group, run, check.
 
     pip install transformers   # not a dependency of the library (the dev install pins it for the tests)
     python benchmarks/hf_zoo.py [--tasks causal-lm image-classification sequence-classification]
-                                [--models llama vit ...] --json out.json --markdown out.md
+                                [--models llama vit ...] [--peer] --json out.json --markdown out.md
 
 For every model type that ``transformers`` maps to a head of a task (``AutoModelForCausalLM``,
 ``AutoModelForImageClassification``, ``AutoModelForSequenceClassification``), the head's class is built
@@ -16,12 +16,20 @@ whether the pruned model runs and returns the original's output class (a ``Model
 equivalence error of the exact labels (``pruning.verify``, float64; float32 where a kernel has no float64, as
 the grouped matmul of mixtures of experts, marked "f32"). A config that cannot be built
 shrunk, or a model over ``--max-params`` after shrinking, is listed as skipped, not as a failure of ours.
+
+``--peer`` also prunes every built model with Torch-Pruning 1.6.1 (``pip install -e '.[bench]'``) through
+``benchmarks/peer.py``'s adapter, as the torchvision coverage does (magnitude, 50% of every layer, the layers
+that output the logits kept), each in a process of its own after ours, and checks it the same way: it runs
+and returns its own output class with the logits' shape. ``--ours-from`` takes our rows from an earlier
+``--json`` to run only the peer.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -55,7 +63,31 @@ def shrunk(config):
     return config
 
 
-def run_model(spec: str, max_params: float) -> dict:
+def peer_result(model, x, reference) -> dict:
+    """Torch-Pruning 1.6.1 on ``model`` (in place) through ``benchmarks/peer.py``'s adapter, as the torchvision
+    coverage uses it: magnitude importance, 50% of every layer, the layers that output the logits kept; then
+    the same check as ours (it runs and returns its own output class with the logits' shape)."""
+    import torch
+
+    import peer
+
+    before = sum(p.numel() for p in model.parameters())
+    started = time.perf_counter()
+    try:
+        with torch.enable_grad():
+            pruned = peer.prune(model, x, num_classes=reference.logits.shape[-1], ratio=0.5, copy_model=False)
+        with torch.no_grad():
+            out = pruned(x)
+    except Exception as error:  # noqa: BLE001 - the table reports failures
+        return {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+    result = {"params": sum(p.numel() for p in pruned.parameters()) / before, "seconds": time.perf_counter() - started}
+    if type(out) is not type(reference) or out.logits.shape != reference.logits.shape:
+        result["error"] = f"returns {type(out).__name__} with logits {tuple(getattr(out, 'logits', out).shape)}"
+    return result
+
+
+def run_model(spec: str, max_params: float, peer: bool = False) -> dict:
+    """One model built and checked in this process: pruned by us, or with ``peer`` by Torch-Pruning instead."""
     import torch
     import transformers
     from transformers.models.auto import modeling_auto
@@ -92,6 +124,9 @@ def run_model(spec: str, max_params: float) -> dict:
     except Exception as error:  # noqa: BLE001 - the shrunk model itself does not run
         row["skipped"] = f"does not run shrunk: {type(error).__name__}: {str(error)[:160]}"
         return row
+    if peer:
+        row["peer"] = peer_result(model, x, reference)
+        return row
     try:
         prune_half_and_check(model, x, row, lambda out: type(out) is type(reference))
     except Exception as error:  # noqa: BLE001 - the table reports failures
@@ -99,20 +134,32 @@ def run_model(spec: str, max_params: float) -> dict:
     return row
 
 
+def _peer_cells(row: dict) -> str:
+    peer = row.get("peer")
+    if peer is None:
+        return ""
+    if "error" in peer:
+        return f" **error**: {peer['error'][:80].replace('|', '/').replace(chr(10), ' ')} | |"
+    return f" ok | {peer['params']:.2f} |"
+
+
 def markdown(rows: list[dict]) -> str:
+    with_peer = any("peer" in r for r in rows)
+    peer_header = " Torch-Pruning | TP params left |" if with_peer else ""
     lines = ["| task/model type | class | M params | labels | groups | build s | params left | runs | equiv. err | "
-             "ops no rule understands |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "ops no rule understands |" + peer_header, "|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * with_peer]
     for r in rows:
+        peer = _peer_cells(r) if with_peer else ""
         if "skipped" in r or "error" in r:
             note = r.get("skipped") or r["error"]
             status = "skipped" if "skipped" in r else "**error**"
             lines.append(f"| {r['model']} | {r.get('class', '')} | | | | | | {status} | | "
-                         f"{note[:120].replace('|', '/').replace(chr(10), ' ')} |")
+                         f"{note[:120].replace('|', '/').replace(chr(10), ' ')} |" + (peer or (" | |" * with_peer)))
             continue
         err = "-" if r["equivalence_error"] is None else f"{r['equivalence_error']:.1e}" + (" (f32)" if r.get("float32") else "")
         lines.append(f"| {r['model']} | {r['class']} | {r['params_m']:.1f} | {r['labels']} | {r['groups']} | "
                      f"{r['build_s']:.2f} | {r['params']:.2f} | {'ok' if r['runs'] else '**no**'} | {err} | "
-                     f"{', '.join(r['opaque'])} |")
+                     f"{', '.join(r['opaque'])} |" + peer)
     tried = [r for r in rows if "skipped" not in r]
     ok = [r for r in tried if r.get("runs") and "error" not in r]
     exact = [r for r in ok if r["equivalence_error"] is not None and r["equivalence_error"] < (1e-4 if r.get("float32") else 1e-6)]
@@ -120,6 +167,15 @@ def markdown(rows: list[dict]) -> str:
               f"({len(rows) - len(tried)} skipped: not buildable by this shrinking, or too large); {len(exact)} of "
               f"them exact (equivalence error < 1e-6) on their exact labels; "
               f"{sum(1 for r in ok if not r['opaque'])} with every op understood.**"]
+    if with_peer:
+        peer_ok = [r for r in tried if "peer" in r and "error" not in r["peer"]]
+        both = [r for r in peer_ok if r in ok]
+        lines += ["", f"**Torch-Pruning 1.6.1 (``benchmarks/peer.py``'s adapter, magnitude, 50% of every layer): "
+                  f"{len(peer_ok)}/{len(tried)} of the same built models prune and run, returning their own output "
+                  f"class.** Where both do ({len(both)}), the median model keeps "
+                  f"{statistics.median(r['params'] for r in both) if both else float('nan'):.2f} of its parameters "
+                  f"after ours, {statistics.median(r['peer']['params'] for r in both) if both else float('nan'):.2f} "
+                  f"after the peer's."]
     return "\n".join(lines)
 
 
@@ -132,19 +188,40 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--peer", action="store_true",
+                        help="also prune each built model with Torch-Pruning 1.6.1 (pip install -e '.[bench]')")
+    parser.add_argument("--peer-timeout", type=float, default=30,
+                        help="seconds per model for the peer (default 30; where it works it takes under a second "
+                             "on these tiny models)")
+    parser.add_argument("--ours-from", type=Path,
+                        help="our rows from this earlier --json (same transformers) instead of running ours again")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_model(args.child, args.max_params)), flush=True)
+        print(json.dumps(run_model(args.child, args.max_params, args.peer)), flush=True)
         return
     import transformers
     from transformers.models.auto import modeling_auto
 
     specs = [f"{task}/{model_type}" for task in args.tasks for model_type in getattr(modeling_auto, TASKS[task])
              if not args.models or model_type in args.models]
-    rows = run_all_isolated(__file__, specs, args.jobs, args.timeout, args.json, "--max-params", str(args.max_params))
+    if args.ours_from:
+        earlier = {row["model"]: row for row in json.loads(args.ours_from.read_text())}
+        rows = [earlier[spec] for spec in specs]
+    else:
+        rows = run_all_isolated(__file__, specs, args.jobs, args.timeout, args.json, "--max-params", str(args.max_params))
+    if args.peer:  # in processes of their own, so that the peer's failures and time-outs cannot cost our rows
+        built = [row["model"] for row in rows if "skipped" not in row]
+        peers = run_all_isolated(__file__, built, args.jobs, args.peer_timeout, None, "--max-params",
+                                 str(args.max_params), "--peer")
+        for row in rows:
+            if "skipped" not in row:
+                result = peers[built.index(row["model"])]
+                row["peer"] = result.get("peer") or {"error": result.get("error") or result.get("skipped", "")}
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
     table = markdown(rows)
-    print("\n" + table.splitlines()[-1])
+    print("\n" + "\n".join(line for line in table.splitlines() if line.startswith("**")))
     if args.markdown:
         args.markdown.write_text(f"transformers {transformers.__version__}, from `python benchmarks/hf_zoo.py`\n\n"
                                  + table + "\n")

@@ -92,8 +92,10 @@ def run_all_isolated(script: str, names: list[str], jobs: int, timeout: float, j
     with ThreadPoolExecutor(jobs) as pool:
         for row in pool.map(lambda name: run_isolated(script, name, timeout, *options), names):
             rows.append(row)
-            print(row["model"], row.get("skipped") or row.get("error") or
-                  f"ok params {row['params']:.2f} opaque {row['opaque']}", flush=True)
+            outcome = row.get("peer", row)  # a peer's row (hf_zoo --peer) carries its result under "peer"
+            name = f"{row['model']} peer:" if "peer" in row else row["model"]
+            print(name, row.get("skipped") or outcome.get("error") or
+                  f"ok params {outcome['params']:.2f} opaque {row.get('opaque', '-')}", flush=True)
             if json_path:
                 json_path.with_suffix(".tmp").write_text(json.dumps(rows, indent=1))
                 json_path.with_suffix(".tmp").replace(json_path)
