@@ -1,10 +1,11 @@
 """Regenerate BENCHMARKS.md and benchmarks/figures/*.png: coverage, tool speed, quality at equal cost and
 realised latency, ours against Torch-Pruning 1.6.1, all on this machine.
 
-    python benchmarks/run_all.py [--quick] [--reuse coverage speed quality quality_fashion] [--out BENCHMARKS.md]
+    python benchmarks/run_all.py [--quick] [--reuse coverage speed quality quality_fashion hf_coverage] [--out BENCHMARKS.md]
 
 Each part runs as its own script in a subprocess (``benchmarks/coverage.py``, ``speed.py`` with
-``--calibration``, ``quality.py`` on digits and, as ``quality_fashion``, on Fashion-MNIST), writing JSON under
+``--calibration``, ``quality.py`` on digits and, as ``quality_fashion``, on Fashion-MNIST, and as
+``hf_coverage`` ``hf_zoo.py --peer``), writing JSON under
 ``benchmarks/results/``; ``--reuse PART`` takes that
 JSON from an earlier run instead of running the part again (BENCHMARKS.md then says so, with the date of
 the file). ``--quick`` passes ``--quick`` to every part (minutes instead of hours) and writes to
@@ -49,12 +50,20 @@ def part_commands(quick: bool) -> dict[str, list[str]]:
         "quality_fashion": ["benchmarks/quality.py", *q, "--data", "fashion_mnist", "--jobs", "2", "--baseline-epochs",
                             "2" if quick else "10", "--finetune-epochs", "1", "--short-epochs", "0", "--seeds", "2",
                             "--json", f"{out}/quality_fashion.json"],
+        "hf_coverage": ["benchmarks/hf_zoo.py", "--peer", *(["--models", "llama", "bert", "vit", "gpt2", "opt"] if quick else []),
+                        "--jobs", "2", "--json", f"{out}/hf_coverage.json", "--markdown",
+                        f"{'benchmarks/results/quick' if quick else 'benchmarks'}/hf_zoo.md"],
     }
-PARTS = ("coverage", "speed", "quality", "quality_fashion")
+PARTS = ("coverage", "speed", "quality", "quality_fashion", "hf_coverage")
 
 
 def unavailable(name: str) -> str | None:
     """Why part ``name`` cannot run on this machine (its data is not installed), or None."""
+    if name == "hf_coverage":
+        import importlib.util
+
+        if importlib.util.find_spec("transformers") is None:
+            return "transformers is not installed: `.venv/bin/pip install -r requirements-dev.txt`, then rerun"
     if name == "quality_fashion":
         sys.path.insert(0, str(ROOT))
         from stages.data import FASHION_MNIST_ROOT, is_idx_dir
@@ -213,6 +222,35 @@ def coverage_section(rows: list[dict]) -> tuple[str, list[str]]:
             f"- only Torch-Pruning prunes: {', '.join(only_peer) or 'none'}",
             f"- neither: {', '.join(both) or 'none'}"]
     return "\n".join(text), losses
+
+
+def hf_coverage_section(rows: list[dict]) -> tuple[str, str, list[str]]:
+    """The headline, the section text and the losses of the Hugging Face zoo run with ``--peer``."""
+    built = [r for r in rows if "skipped" not in r]
+    ours = [r for r in built if r.get("runs") and "error" not in r]
+    peer = [r for r in built if "error" not in r.get("peer", {"error": ""})]
+    losses = [f"coverage (Hugging Face): **{r['model']}** fails with us: `{r.get('error', 'no output class')[:160]}`"
+              + (" (Torch-Pruning: ok)" if r in peer else " (Torch-Pruning fails too)") for r in built if r not in ours]
+    headline = (f"- **Coverage, Hugging Face** (every `transformers` model type with a causal-LM, image- or "
+                f"sequence-classification head, built tiny; half of every group, logits kept): ours "
+                f"**{len(ours)}/{len(built)}**, Torch-Pruning **{len(peer)}/{len(built)}** built models prune, run and "
+                "return their own output class.")
+    both = [r for r in ours if r in peer]
+    text = "\n".join([
+        "`benchmarks/hf_zoo.py --peer` builds each model type's head class from its default config shrunk to a tiny "
+        "model (random weights), prunes it with us (the first half of every group) and, in a process of its own, "
+        "with Torch-Pruning through `benchmarks/peer.py`'s adapter (magnitude, 50% of every layer, the layers that "
+        "output the logits kept, 30 seconds per model), and checks that the pruned model runs and returns its own "
+        f"output class. {len(rows) - len(built)} types whose config does not build shrunk, or whose shrunk model "
+        "does not run, are skipped. The full table, with our equivalence errors and opaque ops: "
+        "[benchmarks/hf_zoo.md](benchmarks/hf_zoo.md).", "",
+        f"- ours: {len(ours)}/{len(built)}; Torch-Pruning: {len(peer)}/{len(built)} "
+        f"({sum(r['peer']['error'].startswith('timeout') for r in built if r not in peer)} time-outs)",
+        f"- only Torch-Pruning prunes: {', '.join(r['model'] for r in peer if r not in ours) or 'none'}",
+        f"- median parameters left where both prune ({len(both)}): ours "
+        f"{statistics.median(r['params'] for r in both):.2f}, Torch-Pruning "
+        f"{statistics.median(r['peer']['params'] for r in both):.2f}" if both else "- no model that both prune"])
+    return headline, text, losses
 
 
 def speed_section(result: dict) -> tuple[str, list[str]]:
@@ -404,6 +442,9 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
     if "speed" in results:
         speed_text, more = speed_section(results["speed"])
         losses += more
+    if "hf_coverage" in results:
+        hf_headline, hf_text, more = hf_coverage_section(results["hf_coverage"])
+        losses += more
     quality_rows = results.get("quality", []) + results.get("quality_fashion", [])
     for name in ("quality", "quality_fashion"):
         if name in results:
@@ -443,6 +484,8 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
         summary.append(f"- **Coverage** (torchvision zoo, 50% uniform, classifier kept): ours "
                        f"**{sum(r['ours']['ok'] for r in rows)}/{len(rows)}**, Torch-Pruning "
                        f"**{sum(r['peer']['ok'] for r in rows)}/{len(rows)}** models prune and run.")
+    if "hf_coverage" in results:
+        summary.append(hf_headline)
     if "speed" in results and results["speed"]["rows"]:
         rows = results["speed"]["rows"]
         summary.append(f"- **Tool speed** (build + prune, ours/peer wall time, median over models): pruned copies "
@@ -461,6 +504,8 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
     body = []
     if cov_text:
         body += ["## 1. Coverage", "", coverage_part.__doc__.split("\n\n", 2)[2].strip(), "", cov_text, ""]
+    if "hf_coverage" in results:
+        body += ["## 1b. Coverage of Hugging Face models", "", hf_text, ""]
     if speed_text:
         body += ["## 2. Tool speed", "", speed_part.__doc__.split("\n\n", 2)[2].strip(), "", speed_text, ""]
     if "quality" in results:
