@@ -44,7 +44,7 @@ class MaskedDecoder(nn.Module):
         scores = torch.zeros(batch, length, length, dtype=x.dtype, device=x.device).masked_fill(~keep, lowest)
         weights = torch.softmax(scores + x @ x.transpose(1, 2), dim=-1)
         h = self.down(torch.relu(self.up(weights @ x)))
-        return self.mix(h) * (counts[:, None, None] / length).to(h.dtype)
+        return self.mix(h) * (counts[:, None, None].to(float) / length).to(h.dtype)  # a Python type, positional
 
 
 def _traced(model, x):

@@ -127,11 +127,12 @@ class _Tracer(fx.Tracer):
 
     def create_proxy(self, kind: str, target: Any, args: tuple, kwargs: dict, *rest: Any, **options: Any) -> fx.Proxy:
         """A Python type given to a torch op as its dtype (``torch.zeros(n, dtype=int)``, Llama 4's mask
-        builder) becomes the torch dtype the op would use (int: int64, float: float64...): a graph cannot
-        hold a type. Only for tensor methods and ``torch`` functions, where a type can mean nothing else."""
-        if kwargs.get("dtype") in _PYTHON_DTYPES and (
-                kind == "call_method" or getattr(target, "__module__", "").startswith("torch")):
-            kwargs = {**kwargs, "dtype": _PYTHON_DTYPES[kwargs["dtype"]]}
+        builder; ``x.to(float)``) becomes the torch dtype the op would use (int: int64, float: float64...): a
+        graph cannot hold a type. Only for tensor methods and ``torch`` functions, where a type can mean
+        nothing else."""
+        if kind == "call_method" or getattr(target, "__module__", "").startswith("torch"):
+            args = tuple(_PYTHON_DTYPES.get(a, a) if isinstance(a, type) else a for a in args)
+            kwargs = {k: _PYTHON_DTYPES.get(v, v) if isinstance(v, type) else v for k, v in kwargs.items()}
         return super().create_proxy(kind, target, args, kwargs, *rest, **options)
 
     def _installed(self, m: nn.Module) -> bool:
