@@ -15,6 +15,7 @@ from .compensation import plan
 from .labels import Label, check_selection
 from .surgery import graph_module, prune_graph_module
 from .tracing import record_shapes, trace_graph
+from .tracing.state import evaluated
 
 __all__ = ["PruningIR", "Snapshot", "Label", "ParamSite"]
 
@@ -87,6 +88,13 @@ class Snapshot:
             record_shapes(self._root, args, kwargs, self._graph)
         except Exception as error:
             shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args]
+            if self._model is None and _runs(self._root, args, kwargs):  # the root is the traced model itself
+                raise ValueError(
+                    f"the traced graph of {type(self._root).__name__} fails on the example input (positional shapes "
+                    f"{shapes}), on which the model itself runs: {type(error).__name__}: {error}; the trace took "
+                    "another way than the model's code takes for this input: a Python test on a traced value "
+                    "(`if state is not None:` on an output of a module that soft tracing kept opaque always "
+                    "passes; see its warnings), or library code that behaves otherwise while traced") from error
             raise ValueError(
                 f"the model cannot run on the example input (positional shapes {shapes}): "
                 f"{type(error).__name__}: {error}; pass inputs the model accepts") from error
@@ -186,6 +194,17 @@ class Snapshot:
             if len(index):
                 owned.setdefault(site.name, []).append((site.dim, index))
         return owned
+
+
+def _runs(model: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether ``model`` itself runs on these inputs (as the shape pass runs its graph: no gradients, eval
+    mode, nothing on the model changed)."""
+    try:
+        with evaluated(model):
+            model(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - any failure means no
+        return False
+    return True
 
 
 def _detach(value: Any) -> Any:

@@ -9,7 +9,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from ..channels.propagation import get_tensor
 from ..rules.base import CONSERVATIVE, FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Rule
-from .state import unchanged_attributes
+from .state import evaluated
 
 
 def shape_of(value: Any) -> Any:
@@ -169,19 +169,10 @@ def record_shapes(root: nn.Module, args: tuple, kwargs: dict, graph: fx.Graph | 
     """
     graph = root.graph if graph is None else graph
     inputs = bind_inputs(graph, args, kwargs)
-    modes = {m: m.training for m in root.modules()}
-    if any(modes.values()):  # setting modes costs more than the pass itself on small models
-        root.eval()
-    try:
-        with torch.no_grad(), unchanged_attributes(root):
-            try:
-                with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                    fake_inputs = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a
-                                        for a in inputs)
-                    _run(root, graph, fake_inputs, fake=True)
-            except Exception:  # noqa: BLE001 - some op has no fake kernel: measure for real
-                _run(root, graph, inputs, fake=False)
-    finally:
-        for module, mode in modes.items():
-            if module.training != mode:
-                module.training = mode
+    with evaluated(root):
+        try:
+            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                fake_inputs = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in inputs)
+                _run(root, graph, fake_inputs, fake=True)
+        except Exception:  # noqa: BLE001 - some op has no fake kernel: measure for real
+            _run(root, graph, inputs, fake=False)

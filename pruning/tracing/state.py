@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensor
 
@@ -37,3 +38,20 @@ def unchanged_attributes(root: nn.Module) -> Iterator[None]:
 def _symbolic(value: Any) -> bool:
     """A value made by tracing or by running on fake tensors."""
     return isinstance(value, (fx.Proxy, FakeTensor))
+
+
+@contextmanager
+def evaluated(root: nn.Module) -> Iterator[None]:
+    """Run ``root`` as the shape pass does: without gradients, in eval mode (BatchNorm statistics untouched,
+    batch-size-1 inputs accepted), with every module's mode and attributes as they were afterwards (a model
+    already in eval mode is not touched: setting modes costs more than the pass itself on small models)."""
+    modes = {m: m.training for m in root.modules()}
+    if any(modes.values()):
+        root.eval()
+    try:
+        with torch.no_grad(), unchanged_attributes(root):
+            yield
+    finally:
+        for module, mode in modes.items():
+            if module.training != mode:
+                module.training = mode
