@@ -33,6 +33,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
 
 from .shapes import bind_inputs, evaluate
+from .state import eval_mode
 
 #: Tensor methods and attributes whose result depends only on the tensor's shape (or its dtype).
 SIZE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
@@ -109,20 +110,12 @@ class SizeOracle:
             else:
                 self._mode = contextlib.nullcontext()
             self._env.update(zip(placeholders, inputs))
-        # Outside the tracer's patches (module calls and attributes would be traced again), in eval mode
-        # as the shape pass (no statistics updated, batch-size-1 inputs accepted).
-        with _maybe_revert_all_patches():
-            modes = {m: m.training for m in self.root.modules()}
-            self.root.eval()
-            try:
-                with torch.no_grad(), self._mode:
-                    for current in self.graph.nodes:
-                        if current not in self._env:
-                            self._env[current] = evaluate(current, self._env, self.root, self._modules,
-                                                          fake=self._fake)
-                        if current is node:
-                            break
-            finally:
-                for module, mode in modes.items():
-                    module.training = mode
+        # Outside the tracer's patches (module calls and attributes would be traced again), in eval mode as
+        # the shape pass (the tracer already keeps the model's attributes as they were).
+        with _maybe_revert_all_patches(), eval_mode(self.root), self._mode:
+            for current in self.graph.nodes:
+                if current not in self._env:
+                    self._env[current] = evaluate(current, self._env, self.root, self._modules, fake=self._fake)
+                if current is node:
+                    break
         return self._env[node]

@@ -41,17 +41,25 @@ def _symbolic(value: Any) -> bool:
 
 
 @contextmanager
-def evaluated(root: nn.Module) -> Iterator[None]:
-    """Run ``root`` as the shape pass does: without gradients, in eval mode (BatchNorm statistics untouched,
-    batch-size-1 inputs accepted), with every module's mode and attributes as they were afterwards (a model
-    already in eval mode is not touched: setting modes costs more than the pass itself on small models)."""
+def eval_mode(root: nn.Module) -> Iterator[None]:
+    """Without gradients and in eval mode (BatchNorm statistics untouched, batch-size-1 inputs accepted), with
+    every module's mode as it was afterwards (a model already in eval mode is not touched: setting modes costs
+    more than the shape pass itself on small models)."""
     modes = {m: m.training for m in root.modules()}
     if any(modes.values()):
         root.eval()
     try:
-        with torch.no_grad(), unchanged_attributes(root):
+        with torch.no_grad():
             yield
     finally:
         for module, mode in modes.items():
             if module.training != mode:
                 module.training = mode
+
+
+@contextmanager
+def evaluated(root: nn.Module) -> Iterator[None]:
+    """Run ``root`` as the shape pass does: in :func:`eval_mode`, with its attributes as they were afterwards
+    (:func:`unchanged_attributes`)."""
+    with eval_mode(root), unchanged_attributes(root):
+        yield
