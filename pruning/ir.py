@@ -92,9 +92,9 @@ class Snapshot:
                 raise ValueError(
                     f"the traced graph of {type(self._root).__name__} fails on the example input (positional shapes "
                     f"{shapes}), on which the model itself runs: {type(error).__name__}: {error}; the trace took "
-                    "another way than the model's code takes for this input: a Python test on a traced value "
-                    "(`if state is not None:` on an output of a module that soft tracing kept opaque always "
-                    "passes; see its warnings), or library code that behaves otherwise while traced") from error
+                    "another way than the model's code takes for this input: library code that behaves otherwise "
+                    "while traced (a `hasattr` probe, which a traced value always passes), or a Python test on a "
+                    "traced value that the trace could not decide for the example") from error
             raise ValueError(
                 f"the model cannot run on the example input (positional shapes {shapes}): "
                 f"{type(error).__name__}: {error}; pass inputs the model accepts") from error
@@ -297,7 +297,10 @@ class PruningIR:
             addition to the seed API; ``PruningIR(model)`` works as documented there. With it, the
             forward's parameters after these inputs that have a plain default (``mask=None``,
             ``flag=False``) are fixed at it: the traced and pruned models take the branches those
-            defaults take, and passing another value to them raises.
+            defaults take, and passing another value to them raises. A positional input may be a list of
+            tensors (a torchvision detector's images, ``example_input=([image],)``): the graph then
+            takes as many as the example has, and asserts it. Branches on values that the example decides
+            (None outputs of opaque modules, sizes) are guarded the same way (:mod:`pruning.tracing`).
 
     The pruned model (``ir.prune(...).model``) is a ``torch.fx.GraphModule``: its submodules keep
     their names and classes, parameters are physically smaller, and Python branches on

@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Sequence, Union
 
 import torch
 import torch.nn as nn
+from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = ["macs", "parameters", "measured_latency"]
@@ -24,7 +25,8 @@ def macs(inputs: Inputs, device: str | torch.device | None = None) -> Callable[[
     """Multiply-accumulates of one forward pass, counted by ``torch.utils.flop_counter`` (MACs = FLOPs / 2).
 
     ``inputs`` is an input shape such as ``(1, 3, 224, 224)`` (a random tensor is made), a tensor, or a
-    tuple of positional input tensors. ``device``: where to put the inputs; ``None`` means the device of
+    tuple of positional inputs, each a tensor or a list, tuple or dict of them (``([image],)`` for a
+    torchvision detector, which takes a list of images). ``device``: where to put the inputs; ``None`` means the device of
     the model's first parameter (CPU for a model without parameters). Only the ops the counter knows
     (convolutions, matmuls, attention) are counted, which is where channel pruning saves compute.
 
@@ -155,8 +157,12 @@ def _as_args(inputs: Inputs, device: torch.device) -> tuple:
         return (inputs.to(device),)
     if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(x, torch.Tensor) for x in inputs):
         return tuple(x.to(device) for x in inputs)
+    if isinstance(inputs, tuple) and inputs and all(pytree.tree_leaves(x) for x in inputs) and all(
+            isinstance(leaf, torch.Tensor) for leaf in pytree.tree_leaves(inputs)):  # an input list of images...
+        return pytree.tree_map_only(torch.Tensor, lambda x: x.to(device), inputs)
     if isinstance(inputs, (tuple, list, torch.Size)) and inputs and all(isinstance(x, int) for x in inputs):
         return (torch.randn(*inputs, device=device),)
     raise ValueError(
-        f"inputs must be a shape such as (1, 3, 224, 224), a tensor or a tuple of tensors, got {inputs!r}"
+        f"inputs must be a shape such as (1, 3, 224, 224), a tensor or a tuple of positional inputs (tensors, or "
+        f"lists, tuples or dicts of tensors), got {inputs!r}"
     )

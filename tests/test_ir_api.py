@@ -409,34 +409,26 @@ def test_optional_arguments_after_the_example_keep_their_defaults():
     torch.testing.assert_close(out, model.head.bias.expand(3, 2))
 
 
-class ReturnsNoState(nn.Module):
-    """Soft tracing keeps it opaque (a branch on values); it returns (output, None)."""
+class ProbesItsInput(nn.Module):
+    """Library code that behaves otherwise while traced: a Proxy answers every ``hasattr``, so the traced
+    graph calls a method no tensor has (transformers' jax probe did this)."""
 
-    def forward(self, x):
-        if x.sum() > 0:
-            x = x * 2
-        return x, None
-
-
-class ChecksTheState(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.a, self.inner, self.b = nn.Linear(4, 6), ReturnsNoState(), nn.Linear(6, 2)
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
 
     def forward(self, x):
-        y, state = self.inner(self.a(x))
-        if state is not None:  # a traced value while tracing: this way is traced, and fails when the graph runs
-            y = y + state[0]
+        y = self.a(x)
+        if hasattr(y, "as_jax_array"):
+            y = y.as_jax_array()
         return self.b(y)
 
 
 def test_a_graph_that_fails_where_the_model_runs_is_reported_as_the_trace_s_fault():
-    model, x = ChecksTheState(), torch.randn(3, 4)
+    model, x = ProbesItsInput(), torch.randn(3, 4)
     model(x)  # the model itself runs
-    with pytest.warns(UserWarning, match="soft tracing"), \
-            pytest.raises(ValueError, match=r"traced graph of ChecksTheState fails on the example input .* on which "
-                                            r"the model itself runs: TypeError.*is not None"):
+    with pytest.raises(ValueError, match=r"traced graph of ProbesItsInput fails on the example input .* on which "
+                                         r"the model itself runs: AttributeError.*as_jax_array.*behaves otherwise"):
         PruningIR(model, example_input=x)
-    with pytest.warns(UserWarning, match="soft tracing"), \
-            pytest.raises(ValueError, match="the model cannot run on the example input"):  # a bad input stays so
-        PruningIR(ChecksTheState(), example_input=torch.randn(3, 5))
+    with pytest.raises(ValueError, match="the model cannot run on the example input"):  # a bad input stays so
+        PruningIR(ProbesItsInput(), example_input=torch.randn(3, 5))

@@ -205,12 +205,17 @@ def test_guarded_graphs_survive_a_dill_round_trip(model_cls, shape, tmp_path):
     assert guards and len(guards) == sum(n.target is torch._assert for n in ir.model.graph.nodes)
 
 
+@torch.library.custom_op("pruning_tests::doubled", mutates_args=())
+def doubled(x: torch.Tensor) -> torch.Tensor:
+    """An op without a fake kernel, as the grouped matmul of a mixture of experts."""
+    return x * 2
+
+
 class ReadsValues(nn.Module):
-    """A leaf whose forward reads its input's values, which fake tensors do not have (as an op without a
-    fake kernel, such as the grouped matmul of a mixture of experts)."""
+    """A leaf calling an op that fake tensors cannot run."""
 
     def forward(self, x):
-        return x * float(x.abs().max().item() >= 0)
+        return doubled(x)
 
 
 class BranchAfterValues(nn.Module):

@@ -184,8 +184,13 @@ def target_name(node: fx.Node) -> str:
     return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
 
 
-def normalize_dim(dim: int, ndim: int) -> int:
-    """A non-negative dimension index."""
+def normalize_dim(dim: int | fx.Node, ndim: int) -> int:
+    """A non-negative dimension index; a dim computed at run time (``torch.stack(xs, dim=x.dim())``) is the
+    example input's, which pruning does not change (the shape pass records it)."""
+    if isinstance(dim, fx.Node):
+        if "pruning_int" not in dim.meta:
+            raise TypeError(f"the dim argument {dim.name} has no recorded value: run the shape pass first")
+        dim = dim.meta["pruning_int"]
     return dim + ndim if dim < 0 else dim
 
 

@@ -14,6 +14,7 @@ from torch import fx
 from .base import CONSERVATIVE, Fixed, Rule, arg, flatten_args, is_size, normalize_dim, register, target_name
 from ..channels.values import SizeOf
 from ..tracing.sizes import negated, size_count
+from ..tracing.structure import is_none, keys_of
 from .common import (broadcast, group_norm_channels, im2col, merge_in_groups, pixel_shuffle, reshape, spatial,
                      statistics_over, window_size)
 
@@ -98,11 +99,11 @@ class Comparison(Elementwise):
         return None
 
 
-@register(torch._assert)
+@register(torch._assert, is_none, keys_of)
 class SizeGuard(Fixed):
     """``torch._assert(condition, message)``, as the tracer puts after each branch on sizes
-    (:mod:`pruning.tracing.sizes`): channels whose counts the condition read are kept, so that pruning
-    never changes what the condition computes."""
+    (:mod:`pruning.tracing.sizes`), and ``is_none``/``keys_of`` (:mod:`pruning.tracing.structure`): channels whose counts
+    the condition read are kept, so that pruning never changes what the condition computes."""
 
 
 _UNARY_FUNCTIONS = [

@@ -100,6 +100,8 @@ def _run(root: nn.Module, graph: fx.Graph, inputs: tuple, fake: bool) -> None:
     for node in graph.nodes:
         value = next(positional) if node.op == "placeholder" else evaluate(node, env, root, modules, fake)
         node.meta["pruning_shape"] = shape_of(value)
+        if type(value) is int:  # a dim computed from sizes (``x.dim()``) read by a rule's normalize_dim
+            node.meta["pruning_int"] = value
         env[node] = value
         for done in last_uses.get(node, ()):
             del env[done]

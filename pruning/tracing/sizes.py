@@ -21,6 +21,11 @@ records in every trace: fx traces a GraphModule's generated code again when unpi
 
 A condition on a channel count reads that channel dim's size, so the analysis keeps those channels
 (a size consumed by an op without a size-aware rule blocks its channels): pruning never flips a guard.
+
+Sizes that depend on the data are not decided: the number of boxes a score threshold keeps, the rows of
+a ``nonzero`` or an NMS, anything after a ``.item()`` (:meth:`SizeOracle.data_dependent`). A guard on one
+would hold for the example's values only, so the traced graph would fail on most other inputs; such a
+branch fails to trace as before (soft tracing keeps its module or function opaque).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from typing import Any
 
 import torch
 from torch import fx, nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
 
 from .shapes import bind_inputs, evaluate
@@ -72,6 +77,7 @@ class SizeOracle:
         self._env: dict[fx.Node, Any] = {}
         self._modules = dict(root.named_modules())
         self._from_sizes: dict[fx.Node, bool] = {}
+        self._data_dependent: dict[fx.Node, bool] = {}
         self._fake = True
 
     def from_sizes(self, node: fx.Node) -> bool:
@@ -98,6 +104,38 @@ class SizeOracle:
             self._fake, self._mode = False, None
             self._env.clear()
             return self._evaluated(node)
+
+    def data_dependent(self, node: fx.Node) -> bool:
+        """Whether the node's value (evaluated) comes after an op whose output shape or value depends on
+        tensor data (a boolean mask, ``nonzero``, an NMS, ``.item()``): fake tensors refuse such ops, so
+        while the oracle runs on them no value does; after a restart on the real example, each op before
+        ``node`` is tried once on fake copies of its inputs."""
+        if self._fake:
+            return False
+        with _maybe_revert_all_patches(), eval_mode(self.root):
+            for current in self.graph.nodes:
+                if current not in self._data_dependent:
+                    self._data_dependent[current] = any(self._data_dependent.get(n, False)
+                                                        for n in current.all_input_nodes) or self._refused(current)
+                if current is node:
+                    break
+        return self._data_dependent[node]
+
+    def _refused(self, node: fx.Node) -> bool:
+        """Whether fake tensors refuse the node's op as data-dependent, given its real input values."""
+        if node.op not in ("call_function", "call_method", "call_module"):
+            return False
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        with mode:
+            env = {n: fx.node.map_aggregate(self._env[n], lambda v: mode.from_tensor(v)
+                                            if isinstance(v, torch.Tensor) else v) for n in node.all_input_nodes}
+            try:
+                evaluate(node, env, self.root, self._modules, fake=True)
+            except (DynamicOutputShapeException, DataDependentOutputException):
+                return True
+            except Exception:  # noqa: BLE001 - no fake kernel (grouped matmul): not a data-dependent shape
+                return False
+        return False
 
     def _evaluated(self, node: fx.Node) -> Any:
         if self._mode is None:

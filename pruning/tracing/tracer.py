@@ -7,7 +7,8 @@ becomes a leaf module. The analysis treats the channels entering an opaque call 
 soft tracing the first failure is raised as a :class:`TracingError` naming the module and the reason.
 
 With example inputs, branches on tensor sizes and ``len()``/unpacking of shapes are decided for them and
-guarded in the graph (:mod:`pruning.tracing.sizes`) instead of failing.
+guarded in the graph (:mod:`pruning.tracing.sizes`) instead of failing; so are iterating an input list and
+None outputs of opaque modules (:mod:`pruning.tracing.structure`).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -23,12 +26,15 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from ..rules.base import module_rule
 from .composites import TRACED_FORWARDS
 from .recorded import recorded_calls
+from .shapes import shape_of
 from .sizes import GUARD_FUNCTIONS, SizeOracle, negated, size_count
 from .state import unchanged_attributes
+from .structure import MAPPINGS, SEQUENCES, STRUCTURE_GUARDS, is_none, keys_of
 
 #: Modules from outside ``torch.nn`` that the rule registry handles as a whole.
 _EXTRA_LEAF_TYPES: tuple[type, ...] = ()
@@ -40,7 +46,7 @@ except ImportError:  # pragma: no cover - torchvision is installed in developmen
     pass
 
 
-_TORCH_DIR = str(Path(torch.__file__).parent)
+_TORCH_DIR = str(Path(torch.__file__).parent) + os.sep  # with the separator: not torchvision
 _UNKNOWN = object()
 #: The torch dtype that torch's argument parser reads a Python type given as a dtype as.
 _PYTHON_DTYPES = {bool: torch.bool, int: torch.int64, float: torch.float64, complex: torch.complex128}
@@ -59,33 +65,42 @@ class _Tracer(fx.Tracer):
                  leaf_functions: tuple[Callable, ...] = (), example: tuple | None = None) -> None:
         # The guard functions are wrapped in every trace, including the one fx runs on a GraphModule's
         # code when unpickling it (it builds this class with no arguments).
-        super().__init__(autowrap_functions=GUARD_FUNCTIONS + leaf_functions)
+        super().__init__(autowrap_functions=GUARD_FUNCTIONS + STRUCTURE_GUARDS + leaf_functions)
         self.leaf_types = leaf_types + _EXTRA_LEAF_TYPES
         self.leaf_ids = leaf_ids or set()
         self.failed_module: str | None = None
         self.example = example  # when given, branches on sizes are decided for it
         self._oracle: SizeOracle | None = None
+        self._items: list[fx.Node] = []  # items of opaque outputs handed out one by one (see _like_example)
 
     def trace(self, root: nn.Module | Callable, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         """fx's trace, with tensor factories and dtype limits given traced values, and item assignment,
         recorded as graph ops (:mod:`pruning.tracing.recorded`), also when fx traces a GraphModule's code
         to unpickle it."""
         with recorded_calls():
-            return super().trace(root, concrete_args)
+            graph = super().trace(root, concrete_args)
+        for node in reversed(self._items):  # items the traced code never read
+            if not node.users:
+                graph.erase_node(node)
+        return graph
 
-    def _example_value(self, obj: fx.Proxy) -> Any:
-        """The value of a traced value computed from tensor sizes, for the example input; ``_UNKNOWN``
-        without an example, for other values, or where the fake run fails (fx then fails as usual)."""
+    def _example_value(self, obj: fx.Proxy, sizes_only: bool = True) -> Any:
+        """The value of a traced value for the example input: by default only of one computed from tensor
+        sizes (evaluated on fake tensors); ``_UNKNOWN`` without an example, for other values, or where the
+        evaluation fails (fx then fails as usual)."""
         if self.example is None:
             return _UNKNOWN
         if self._oracle is None:
             self._oracle = SizeOracle(self.root, self.graph, self.example)
-        if not self._oracle.from_sizes(obj.node):
+        if sizes_only and not self._oracle.from_sizes(obj.node):
             return _UNKNOWN
         try:
-            return self._oracle.value(obj.node)
+            value = self._oracle.value(obj.node)
+            if sizes_only and self._oracle.data_dependent(obj.node):
+                return _UNKNOWN  # a size of the data, such as the number of boxes kept: not decided
         except Exception:  # noqa: BLE001 - an op without a fake kernel
             return _UNKNOWN
+        return value
 
     def _guard(self, condition: fx.Proxy, what: str) -> None:
         """Assert in the graph that ``condition`` holds, as it did for the example input."""
@@ -143,20 +158,70 @@ class _Tracer(fx.Tracer):
         return True
 
     def length(self, obj: fx.Proxy) -> int | None:
-        """The length of a tuple of sizes for the example input (the tensor's rank), guarded by an assert
-        on it; None for any other value."""
+        """The length of a tuple of sizes (the tensor's rank) or of a tuple or list of values (an input list
+        of images) for the example input, guarded by an assert on it; None for any other value."""
         value = self._example_value(obj)
-        if not isinstance(value, (tuple, list)):
+        if value is _UNKNOWN:
+            value = self._example_value(obj, sizes_only=False)
+        shape = shape_of(value)  # a torch.Size only for a tensor
+        if isinstance(shape, torch.Size) and shape and self._top_level() and not self._oracle.data_dependent(obj.node):
+            value = range(shape[0])  # see _top_level
+        elif type(value) not in (*SEQUENCES, torch.Size):
             return None
         self._guard(self.create_proxy("call_function", size_count, (obj,), {}) == len(value),
-                    f"the number of dims of a shape (here {len(value)})")
+                    f"the number of items of a tuple or list (here {len(value)}; for a shape, its number of dims)")
         return len(value)
 
+    def index(self, obj: fx.Proxy) -> int | None:
+        """A size used as an integer (``range(scores.size(-1))``) in the model's own forward: the example's,
+        asserted in the graph (see ``_top_level``); None elsewhere or for other values."""
+        value = self._example_value(obj) if self._top_level() else _UNKNOWN
+        if type(value) is not int:
+            return None
+        self._guard(obj == value, f"a size used as an integer (here {value})")
+        return value
+
+    def _top_level(self) -> bool:
+        """Whether the model's own forward (not a submodule's) is being traced. Only there is a tensor
+        iterated (``for boxes in batch_boxes:``, SSD's postprocessing) over its first size for the example,
+        which the graph then asserts, and a size used as an integer is the example's: that pins those sizes,
+        worth it only where the alternative is no graph at all. In a submodule, soft tracing keeps the
+        module opaque instead."""
+        return all(not path for path, _ in self.module_stack.values())
+
     def iter(self, obj: fx.Proxy) -> Iterator:
-        """Unpacking a tuple of sizes (``(*x.shape[:-1], -1)``): as many traced items as it had for the
-        example input."""
+        """Unpacking a tuple of sizes (``(*x.shape[:-1], -1)``) or iterating a tuple or list of values
+        (``for image in images:``): as many traced items as it had for the example input."""
         n = self.length(obj)
         return super().iter(obj) if n is None else iter([obj[i] for i in range(n)])
+
+    def _like_example(self, output: fx.Proxy) -> Any:
+        """An opaque call's output as the traced code should see it: made like the example's output, with
+        its tuples, lists, dicts and Nones in place and asserted in the graph (:mod:`pruning.tracing.structure`);
+        a Proxy for anything else."""
+        value = self._example_value(output, sizes_only=False)
+        return output if value is _UNKNOWN else self._shaped(output, value)
+
+    def _shaped(self, proxy: fx.Proxy, value: Any) -> Any:
+        kind = type(value)
+        if value is None:
+            self._guard(self.create_proxy("call_function", is_none, (proxy,), {}),
+                        "an output of a module kept opaque being None (as it is here)")
+            return None
+        if kind in SEQUENCES:
+            self._guard(self.create_proxy("call_function", size_count, (proxy,), {}) == len(value),
+                        f"the number of items a module kept opaque returns (here {len(value)})")
+            keys, values = range(len(value)), list(value)
+        elif kind in MAPPINGS:
+            self._guard(self.create_proxy("call_function", keys_of, (proxy,), {}) == tuple(value),
+                        f"the keys of a dict a module kept opaque returns (here {tuple(value)})")
+            keys, values = list(value), list(value.values())
+        else:
+            return proxy
+        items = [proxy[key] for key in keys]
+        self._items += [item.node for item in items]
+        shaped = [self._shaped(item, v) for item, v in zip(items, values)]
+        return kind(zip(keys, shaped)) if kind in MAPPINGS else kind(shaped)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if id(m) in self.leaf_ids or isinstance(m, self.leaf_types):
@@ -178,28 +243,73 @@ class _Tracer(fx.Tracer):
         if TRACED_FORWARDS.get(type(m)) is not None and not self.is_leaf_module(m, ""):
             forward = functools.partial(TRACED_FORWARDS[type(m)], m)
         try:
-            return super().call_module(m, forward, args, kwargs)
+            output = super().call_module(m, forward, args, kwargs)
         except Exception:
             if self.failed_module is None:  # the innermost module sees the error first
                 self.failed_module = self.path_of_module(m)
             raise
+        if (isinstance(output, fx.Proxy) and output.node.op == "call_module" and module_rule(type(m)) is None
+                and output.node.target == self.path_of_module(m)):
+            return self._like_example(output)  # an opaque module (soft tracing's, or the caller's leaf)
+        return output
+
+
+def _as_leaf(function: Callable) -> Callable:
+    """``function`` recording its call as one graph op when a Proxy is among its arguments (fx's leaf
+    functions). The node is marked as fx marks its own, so the generated code wraps the function again
+    when fx traces it to unpickle the GraphModule."""
+    @functools.wraps(function)
+    def leaf(*args: Any, **kwargs: Any) -> Any:
+        proxy = next((a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
+        if proxy is None:
+            return function(*args, **kwargs)
+        output = proxy.tracer.create_proxy("call_function", function, args, kwargs)
+        output.node.meta["is_wrapped"] = True
+        return output
+
+    return leaf
+
+
+@contextlib.contextmanager
+def _recorded_where_defined(functions: Iterable[Callable]) -> Iterator[None]:
+    """Soft tracing's leaf functions also record their calls through their own module for the duration:
+    fx replaces them only in the globals of the forwards it traces, which misses a call from a method of
+    another class (torchvision's detection postprocessing calls its ``_topk_min`` through its module)."""
+    replaced = [(module, function.__name__, function) for function in functions
+                if getattr(module := sys.modules.get(function.__module__), function.__name__, None) is function]
+    for module, name, function in replaced:
+        setattr(module, name, _as_leaf(function))
+    try:
+        yield
+    finally:
+        for module, name, function in replaced:
+            setattr(module, name, function)
 
 
 @contextlib.contextmanager
 def _sized_proxies() -> Iterator[None]:
-    """``len()`` of a traced value asks our tracer (``_Tracer.length``) while tracing: ``fx.Proxy`` has no
-    hook for it, so its ``__len__`` is replaced for the duration, deferring to fx for other tracers."""
+    """``len()`` of a traced value, and its use as an index (``range(n)``), ask our tracer
+    (``_Tracer.length``, ``_Tracer.index``) while tracing: ``fx.Proxy`` has no hook for them, so its
+    ``__len__`` is replaced and an ``__index__`` added for the duration, deferring to fx for other tracers."""
     original = fx.Proxy.__len__
 
     def __len__(proxy: fx.Proxy) -> int:
         n = proxy.tracer.length(proxy) if isinstance(proxy.tracer, _Tracer) else None
         return original(proxy) if n is None else n
 
+    def __index__(proxy: fx.Proxy) -> int:
+        n = proxy.tracer.index(proxy) if isinstance(proxy.tracer, _Tracer) else None
+        if n is None:
+            raise TypeError("'Proxy' object cannot be interpreted as an integer")
+        return n
+
     fx.Proxy.__len__ = __len__
+    fx.Proxy.__index__ = __index__
     try:
         yield
     finally:
         fx.Proxy.__len__ = original
+        del fx.Proxy.__index__
 
 
 def trace_model(
@@ -244,7 +354,8 @@ def trace_graph(
         tracer = _Tracer(tuple(leaf_types), leaf_ids, tuple(leaf_functions), example)
         try:
             # unchanged_attributes: a forward that caches tensors would keep Proxies
-            with unchanged_attributes(model), _sized_proxies(), _class_swapped(model, shim):
+            with unchanged_attributes(model), _sized_proxies(), _class_swapped(model, shim), \
+                    _recorded_where_defined(leaf_functions):
                 graph = tracer.trace(model, concrete_args=concrete)
             break
         except Exception as error:  # noqa: BLE001 - re-raised with context below
@@ -354,8 +465,9 @@ def _defaults_after(model: nn.Module, given: int) -> dict[str, object] | None:
 def _failing_function(error: BaseException) -> Callable | None:
     """The module-level function that the innermost module forward called when tracing failed.
 
-    Only a function the forward reaches through its module's globals can be made a leaf by fx
-    (decorated functions are recognised through ``__wrapped__``).
+    First a function the forward reaches through its module's globals (decorated functions are
+    recognised through ``__wrapped__``); else the outermost module-level function, outside torch, that a
+    method called by the forward reached (see ``_recorded_where_defined``).
     """
     frames = []
     tb = error.__traceback__
@@ -375,4 +487,12 @@ def _failing_function(error: BaseException) -> Callable | None:
     for frame in frames[forwards[-1] + 1:]:
         if frame.f_code in functions:
             return functions[frame.f_code]
+    # Reached through a method the forward called (torchvision's detection postprocessing calls its
+    # mask pasting and NMS helpers): the outermost module-level function of a module outside torch.
+    for frame in frames[forwards[-1] + 1:]:
+        if frame.f_code.co_filename.startswith(_TORCH_DIR):
+            continue
+        value = frame.f_globals.get(frame.f_code.co_name)
+        if inspect.isfunction(value) and getattr(inspect.unwrap(value), "__code__", None) is frame.f_code:
+            return value
     return None
