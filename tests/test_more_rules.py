@@ -392,3 +392,16 @@ def test_timm_same_padding_convolutions_prune():
     assert s.opaque_ops == [] and len(s.groups) == 1
     assert equivalence_error(ir, s.groups[0][:2], x, dtype=torch.float64) < 1e-10
     assert ir.prune(labels=s.groups[0][:2]).model(x).shape == (1, 2, 5, 5)
+
+
+def test_a_layernorm_without_weights_keeps_its_shape_when_the_model_around_it_is_pruned():
+    """DiffLlama's per-head RMSNorm has no weight: pruning other channels must leave it as it is."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.LayerNorm(6, elementwise_affine=False),
+                          nn.Linear(6, 2)).eval()
+    x = torch.randn(3, 4)
+    ir = PruningIR(model, example_input=x)
+    groups = ir.snapshot().groups
+    assert len(groups) == 1 and len(groups[0]) == 8  # the hidden 8; the normalized 6 are kept
+    labels = groups[0][:4]
+    assert equivalence_error(ir, labels, x, dtype=torch.float64) < 1e-12
+    assert ir.prune(labels=labels).model.get_submodule("3").normalized_shape == (6,)

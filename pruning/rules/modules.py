@@ -205,7 +205,8 @@ class LayerNormModule(_ShapePreserving):
         return value
 
     def update_module(self, m):
-        m.normalized_shape = tuple(m.weight.shape)
+        if m.weight is not None:  # without one its normalized dims were kept (blocked above)
+            m.normalized_shape = tuple(m.weight.shape)
 
 
 @register(nn.GroupNorm)
