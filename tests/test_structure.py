@@ -278,3 +278,28 @@ def test_torchvision_detectors_prune_and_detect_on_other_images(build, opaque):
     assert sum(p.numel() for p in pruned.parameters()) < 0.9 * sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         assert pruned(other)[0]["boxes"].shape[1] == 4
+
+
+class ReassignsItsTable(Around):
+    """Its forward reassigns a tensor attribute, as CTRL's does with its position table: while traced, a
+    Proxy sits there, which the size oracle must not run on."""
+
+    def __init__(self) -> None:
+        super().__init__(ReturnsNoState())
+        self.table = torch.randn(6)
+
+    def forward(self, x):
+        self.table = self.table.to(x.dtype)
+        y, state = self.inner(self.features(x) + self.table)
+        if state is not None:
+            y = y + state
+        return self.b(y)
+
+
+def test_the_example_s_values_are_computed_on_the_model_as_it_was_before_tracing():
+    model, x = perturb(ReassignsItsTable().eval()), torch.randn(3, 4)
+    with pytest.warns(UserWarning, match="soft tracing: submodule 'inner'"):
+        ir = PruningIR(model, example_input=x)
+    assert isinstance(model.table, torch.Tensor) and not isinstance(model.table, torch.fx.Proxy)
+    assert any(n.target is is_none for n in ir.snapshot().model.graph.nodes)
+    torch.testing.assert_close(ir.snapshot().model(x), model(x))

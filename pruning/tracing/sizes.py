@@ -30,12 +30,13 @@ branch fails to trace as before (soft tracing keeps its module or function opaqu
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
+from torch.utils import _pytree as pytree
 
 from .shapes import bind_inputs, evaluate
 from .state import eval_mode
@@ -69,10 +70,16 @@ class SizeOracle:
     kernel (the grouped matmul of a mixture of experts), the oracle starts again on the real example
     inputs, as the shape pass does: otherwise that one op would leave every later size unknown, and every
     later block with a size branch opaque.
+
+    ``as_before``: a context in which the model's modules hold the attributes they had before tracing
+    (:meth:`pruning.tracing.state.SavedAttributes.as_before`): a forward that reassigns ``self.table`` leaves a
+    Proxy there while it is traced, which the oracle must not run on.
     """
 
-    def __init__(self, root: nn.Module, graph: fx.Graph, args: tuple) -> None:
-        self.root, self.graph, self.args = root, graph, args
+    def __init__(self, root: nn.Module, graph: fx.Graph, args: tuple,
+                 as_before: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+        self.root, self.graph, self.args, self._as_before = root, graph, args, as_before
+        self._busy = False
         self._mode: FakeTensorMode | contextlib.nullcontext | None = None
         self._env: dict[fx.Node, Any] = {}
         self._modules = dict(root.named_modules())
@@ -112,7 +119,7 @@ class SizeOracle:
         ``node`` is tried once on fake copies of its inputs."""
         if self._fake:
             return False
-        with _maybe_revert_all_patches(), eval_mode(self.root):
+        with _maybe_revert_all_patches(), eval_mode(self.root), self._as_before():
             for current in self.graph.nodes:
                 if current not in self._data_dependent:
                     self._data_dependent[current] = any(self._data_dependent.get(n, False)
@@ -127,8 +134,7 @@ class SizeOracle:
             return False
         mode = FakeTensorMode(allow_non_fake_inputs=True)
         with mode:
-            env = {n: fx.node.map_aggregate(self._env[n], lambda v: mode.from_tensor(v)
-                                            if isinstance(v, torch.Tensor) else v) for n in node.all_input_nodes}
+            env = {n: pytree.tree_map_only(torch.Tensor, mode.from_tensor, self._env[n]) for n in node.all_input_nodes}
             try:
                 evaluate(node, env, self.root, self._modules, fake=True)
             except (DynamicOutputShapeException, DataDependentOutputException):
@@ -138,22 +144,30 @@ class SizeOracle:
         return False
 
     def _evaluated(self, node: fx.Node) -> Any:
+        if node in self._env:
+            return self._env[node]
+        if self._busy:  # the model's code, run here, reached a traced value (and the tracer asked again)
+            raise RuntimeError("the size oracle's evaluation reached a value being traced")
         if self._mode is None:
             placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
             inputs = bind_inputs(self.graph, self.args, {})
             if self._fake:
                 self._mode = FakeTensorMode(allow_non_fake_inputs=True)
                 with self._mode:
-                    inputs = tuple(self._mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in inputs)
+                    inputs = pytree.tree_map_only(torch.Tensor, self._mode.from_tensor, inputs)
             else:
                 self._mode = contextlib.nullcontext()
             self._env.update(zip(placeholders, inputs))
         # Outside the tracer's patches (module calls and attributes would be traced again), in eval mode as
-        # the shape pass (the tracer already keeps the model's attributes as they were).
-        with _maybe_revert_all_patches(), eval_mode(self.root), self._mode:
-            for current in self.graph.nodes:
-                if current not in self._env:
-                    self._env[current] = evaluate(current, self._env, self.root, self._modules, fake=self._fake)
-                if current is node:
-                    break
+        # the shape pass, on the model's attributes as they were before tracing.
+        self._busy = True
+        try:
+            with _maybe_revert_all_patches(), eval_mode(self.root), self._as_before(), self._mode:
+                for current in self.graph.nodes:
+                    if current not in self._env:
+                        self._env[current] = evaluate(current, self._env, self.root, self._modules, fake=self._fake)
+                    if current is node:
+                        break
+        finally:
+            self._busy = False
         return self._env[node]

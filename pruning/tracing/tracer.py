@@ -33,7 +33,7 @@ from .composites import TRACED_FORWARDS
 from .recorded import recorded_calls
 from .shapes import shape_of
 from .sizes import GUARD_FUNCTIONS, SizeOracle, negated, size_count
-from .state import unchanged_attributes
+from .state import SavedAttributes, unchanged_attributes
 from .structure import MAPPINGS, SEQUENCES, STRUCTURE_GUARDS, is_none, keys_of
 
 #: Modules from outside ``torch.nn`` that the rule registry handles as a whole.
@@ -70,6 +70,7 @@ class _Tracer(fx.Tracer):
         self.leaf_ids = leaf_ids or set()
         self.failed_module: str | None = None
         self.example = example  # when given, branches on sizes are decided for it
+        self.attributes: SavedAttributes | None = None  # the traced model's, as they were (set by trace_graph)
         self._oracle: SizeOracle | None = None
         self._items: list[fx.Node] = []  # items of opaque outputs handed out one by one (see _like_example)
 
@@ -91,7 +92,8 @@ class _Tracer(fx.Tracer):
         if self.example is None:
             return _UNKNOWN
         if self._oracle is None:
-            self._oracle = SizeOracle(self.root, self.graph, self.example)
+            self._oracle = SizeOracle(self.root, self.graph, self.example,
+                                      self.attributes.as_before if self.attributes else contextlib.nullcontext)
         if sizes_only and not self._oracle.from_sizes(obj.node):
             return _UNKNOWN
         try:
@@ -354,7 +356,7 @@ def trace_graph(
         tracer = _Tracer(tuple(leaf_types), leaf_ids, tuple(leaf_functions), example)
         try:
             # unchanged_attributes: a forward that caches tensors would keep Proxies
-            with unchanged_attributes(model), _sized_proxies(), _class_swapped(model, shim), \
+            with unchanged_attributes(model) as tracer.attributes, _sized_proxies(), _class_swapped(model, shim), \
                     _recorded_where_defined(leaf_functions):
                 graph = tracer.trace(model, concrete_args=concrete)
             break
