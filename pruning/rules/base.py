@@ -36,6 +36,12 @@ class Rule:
     def propagate(self, ctx: "Context", node: fx.Node) -> Any:
         raise NotImplementedError
 
+    def shaped_by_values(self, node: fx.Node) -> bool:
+        """Whether this call's output shape may depend on tensor values (indexing by a boolean mask), which
+        the size oracle then checks (:meth:`pruning.tracing.sizes.SizeOracle.data_dependent`; an op
+        without a rule is checked too). By default a ruled op is shaped by its inputs' shapes alone."""
+        return False
+
     def rewrite(self, rw: "Rewriter", node: fx.Node) -> None:
         """Update literal sizes in ``node.args``/``node.kwargs`` to the pruned shapes."""
 
@@ -141,6 +147,15 @@ def register_rule(key: type | Callable | str, rule: Rule) -> None:
         FUNCTION_RULES[key] = rule
     else:
         raise TypeError(f"cannot register a rule for {key!r}: expected a module type, name or function")
+
+
+def registered(node: fx.Node, module: nn.Module | None) -> Rule | None:
+    """The rule registered for a call node's target, None where there is none (no warning)."""
+    if node.op == "call_module":
+        return module_rule(type(module))
+    rules = FUNCTION_RULES if node.op == "call_function" else METHOD_RULES
+    return rules.get(node.target) or (NAMED_RULES.get(qualified_name(node.target)) if node.op == "call_function"
+                                      else None)
 
 
 def lookup(node: fx.Node, module: nn.Module | None) -> Rule:

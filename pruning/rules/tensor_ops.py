@@ -47,6 +47,9 @@ class Elementwise(Rule):
 
     reads_sizes = True
 
+    def shaped_by_values(self, node):
+        return target_name(node) == "where" and len(node.args) + len(node.kwargs) == 1  # torch.where(mask)
+
     def propagate(self, ctx, node):
         out_shape = ctx.shape(node)
         if not is_size(out_shape):
@@ -489,6 +492,9 @@ class RepeatInterleave(Rule):
     computed from sizes (``_count``). Repeats given as a tensor, or no ``dim`` (a flattened result), block
     the channels."""
 
+    def shaped_by_values(self, node):
+        return isinstance(arg(node, 1, "repeats"), fx.Node)  # repeats given as a tensor
+
     def propagate(self, ctx, node):
         x = node.args[0]
         value, shape = ctx.value(x), ctx.shape(x)
@@ -567,6 +573,9 @@ class GetItem(Rule):
 
     rewrites = True
     reads_sizes = True
+
+    def shaped_by_values(self, node):
+        return any(isinstance(i, fx.Node) for i in flatten_args((node.args[1],)))  # x[mask]
 
     def propagate(self, ctx, node):
         src, index = node.args

@@ -27,6 +27,7 @@ unpickle it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import operator
 import sys
 from typing import Any, Callable, Iterator
@@ -39,16 +40,23 @@ from torch.utils import _pytree as pytree
 FACTORY_NAMES = ("ones", "zeros", "empty", "rand", "randn", "randint", "tensor", "finfo", "iinfo")
 
 
-def _recording(original: Callable) -> Callable:
-    def factory(*args: Any, **kwargs: Any) -> Any:
+def recording(original: Callable, wrapped: bool = False) -> Callable:
+    """``original``, recording its call as one graph op (with ``original`` as the target) when a Proxy is
+    among its arguments, and calling it otherwise. ``wrapped``: mark the node as fx marks its own leaf
+    functions' nodes, so that the generated code wraps the function again when fx traces it to unpickle
+    the GraphModule (for functions no trace records by itself: soft tracing's leaf functions)."""
+    @functools.wraps(original, updated=())  # not a class's namespace (torch.finfo)
+    def record(*args: Any, **kwargs: Any) -> Any:
         proxy = next((a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
         if proxy is None:
             return original(*args, **kwargs)
-        return proxy.tracer.create_proxy("call_function", original, args, kwargs)
+        output = proxy.tracer.create_proxy("call_function", original, args, kwargs)
+        if wrapped:
+            output.node.meta["is_wrapped"] = True
+        return output
 
-    factory.__name__ = factory.__qualname__ = original.__name__
-    factory.__wrapped_factory__ = original  # type: ignore[attr-defined]
-    return factory
+    record.__wrapped_factory__ = original  # type: ignore[attr-defined]
+    return record
 
 
 #: Library functions that duck-type a tensor with ``hasattr``, by module and name, and what they return
@@ -69,7 +77,7 @@ def recorded_calls() -> Iterator[None]:
                  for name in FACTORY_NAMES}
     setitem = vars(fx.Proxy).get("__setitem__")
     for name, original in originals.items():
-        setattr(torch, name, _recording(original))
+        setattr(torch, name, recording(original))
     fx.Proxy.__setitem__ = _assign
     probes = [(sys.modules[module], name, getattr(sys.modules[module], name), answer)
               for (module, name), answer in PROBES.items() if hasattr(sys.modules.get(module), name)]

@@ -38,6 +38,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicO
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.utils import _pytree as pytree
 
+from ..rules.base import registered
 from .shapes import bind_inputs, evaluate
 from .state import eval_mode
 
@@ -85,6 +86,7 @@ class SizeOracle:
         self._modules = dict(root.named_modules())
         self._from_sizes: dict[fx.Node, bool] = {}
         self._data_dependent: dict[fx.Node, bool] = {}
+        self._checker: FakeTensorMode | None = None  # for data_dependent
         self._fake = True
 
     def from_sizes(self, node: fx.Node) -> bool:
@@ -129,12 +131,19 @@ class SizeOracle:
         return self._data_dependent[node]
 
     def _refused(self, node: fx.Node) -> bool:
-        """Whether fake tensors refuse the node's op as data-dependent, given its real input values."""
+        """Whether fake tensors refuse the node's op as data-dependent, given its real input values. Only ops
+        without a rule, and ruled ones that say their shape may follow values (``Rule.shaped_by_values``),
+        are tried: the others are shaped by their inputs' shapes."""
         if node.op not in ("call_function", "call_method", "call_module"):
             return False
-        mode = FakeTensorMode(allow_non_fake_inputs=True)
-        with mode:
-            env = {n: pytree.tree_map_only(torch.Tensor, mode.from_tensor, self._env[n]) for n in node.all_input_nodes}
+        rule = registered(node, self._modules.get(node.target) if node.op == "call_module" else None)
+        if rule is not None and not rule.shaped_by_values(node):
+            return False
+        if self._checker is None:
+            self._checker = FakeTensorMode(allow_non_fake_inputs=True)
+        with self._checker:
+            env = {n: pytree.tree_map_only(torch.Tensor, self._checker.from_tensor, self._env[n])
+                   for n in node.all_input_nodes}
             try:
                 evaluate(node, env, self.root, self._modules, fake=True)
             except (DynamicOutputShapeException, DataDependentOutputException):

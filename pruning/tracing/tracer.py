@@ -26,11 +26,10 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 from torch import fx, nn
-from torch.utils import _pytree as pytree
 
 from ..rules.base import module_rule
 from .composites import TRACED_FORWARDS
-from .recorded import recorded_calls
+from .recorded import recorded_calls, recording
 from .shapes import shape_of
 from .sizes import GUARD_FUNCTIONS, SizeOracle, negated, size_count
 from .state import SavedAttributes, unchanged_attributes
@@ -256,22 +255,6 @@ class _Tracer(fx.Tracer):
         return output
 
 
-def _as_leaf(function: Callable) -> Callable:
-    """``function`` recording its call as one graph op when a Proxy is among its arguments (fx's leaf
-    functions). The node is marked as fx marks its own, so the generated code wraps the function again
-    when fx traces it to unpickle the GraphModule."""
-    @functools.wraps(function)
-    def leaf(*args: Any, **kwargs: Any) -> Any:
-        proxy = next((a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
-        if proxy is None:
-            return function(*args, **kwargs)
-        output = proxy.tracer.create_proxy("call_function", function, args, kwargs)
-        output.node.meta["is_wrapped"] = True
-        return output
-
-    return leaf
-
-
 @contextlib.contextmanager
 def _recorded_where_defined(functions: Iterable[Callable]) -> Iterator[None]:
     """Soft tracing's leaf functions also record their calls through their own module for the duration:
@@ -280,7 +263,7 @@ def _recorded_where_defined(functions: Iterable[Callable]) -> Iterator[None]:
     replaced = [(module, function.__name__, function) for function in functions
                 if getattr(module := sys.modules.get(function.__module__), function.__name__, None) is function]
     for module, name, function in replaced:
-        setattr(module, name, _as_leaf(function))
+        setattr(module, name, recording(function, wrapped=True))
     try:
         yield
     finally:
