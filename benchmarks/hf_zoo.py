@@ -21,7 +21,8 @@ shrunk, or a model over ``--max-params`` after shrinking, is listed as skipped, 
 ``benchmarks/peer.py``'s adapter, as the torchvision coverage does (magnitude, 50% of every layer, the layers
 that output the logits kept), each in a process of its own after ours, and checks it the same way: it runs
 and returns its own output class with the logits' shape. ``--ours-from`` takes our rows from an earlier
-``--json`` to run only the peer.
+``--json`` to run only the peer; ``--peer-from`` takes the peer's cells from an earlier ``--peer --json``
+(the same transformers) to rerun only ours.
 """
 from __future__ import annotations
 
@@ -195,6 +196,9 @@ def main() -> None:
                              "on these tiny models)")
     parser.add_argument("--ours-from", type=Path,
                         help="our rows from this earlier --json (same transformers) instead of running ours again")
+    parser.add_argument("--peer-from", type=Path,
+                        help="the peer's cells from this earlier --peer --json (same transformers) instead of running "
+                             "the peer again")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -218,8 +222,13 @@ def main() -> None:
             if "skipped" not in row:
                 result = peers[built.index(row["model"])]
                 row["peer"] = result.get("peer") or {"error": result.get("error") or result.get("skipped", "")}
-        if args.json:
-            args.json.write_text(json.dumps(rows, indent=1))
+    if args.peer_from:
+        earlier_peer = {row["model"]: row["peer"] for row in json.loads(args.peer_from.read_text()) if "peer" in row}
+        for row in rows:
+            if "skipped" not in row and row["model"] in earlier_peer:
+                row["peer"] = earlier_peer[row["model"]]
+    if (args.peer or args.peer_from) and args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
     table = markdown(rows)
     print("\n" + "\n".join(line for line in table.splitlines() if line.startswith("**")))
     if args.markdown:
