@@ -405,3 +405,27 @@ def test_a_layernorm_without_weights_keeps_its_shape_when_the_model_around_it_is
     labels = groups[0][:4]
     assert equivalence_error(ir, labels, x, dtype=torch.float64) < 1e-12
     assert ir.prune(labels=labels).model.get_submodule("3").normalized_shape == (6,)
+
+
+class Warps(nn.Module):
+    """Features sampled at grid points (RAFT's lookup): their channels pass through grid_sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.flow = nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x):
+        grid = torch.tanh(self.flow(x)).permute(0, 2, 3, 1)
+        return self.b(F.grid_sample(torch.relu(self.a(x)), grid, align_corners=False))
+
+
+def test_grid_sample_passes_the_sampled_channels_and_keeps_the_grid_s():
+    model, x = perturb(Warps().eval()), torch.randn(2, 3, 9, 9)
+    ir = PruningIR(model, example_input=x)
+    snapshot = ir.snapshot()
+    assert not snapshot.opaque_ops
+    assert [len(g) for g in snapshot.groups] == [8]  # a's outputs; the flow's 2 are the grid's coordinates
+    labels = snapshot.groups[0][:5]
+    assert equivalence_error(ir, labels, x, dtype=torch.float64) < 1e-12
+    assert ir.prune(labels=labels).model.get_submodule("b").in_channels == 3

@@ -824,6 +824,19 @@ class Spatial(Rule):
         return spatial(ctx, ctx.value(x), shape, ctx.shape(node), trailing)
 
 
+@register(F.grid_sample)
+class GridSample(Rule):
+    """``F.grid_sample(x, grid)``: ``x``'s trailing dims are sampled at the grid's points (RAFT's correlation
+    lookup and warping), so its channels pass through; the grid's channels stay (its last dim holds
+    coordinates)."""
+
+    def propagate(self, ctx, node):
+        x = node.args[0]
+        ctx.block_value(ctx.value(arg(node, 1, "grid")))
+        shape = ctx.shape(x)
+        return spatial(ctx, ctx.value(x), shape, ctx.shape(node), len(shape) - 2)
+
+
 # --------------------------------------------------------------------------------------------
 # Products and parameterised functions (weights given as get_attr nodes)
 
