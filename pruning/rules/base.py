@@ -150,38 +150,34 @@ def register_rule(key: type | Callable | str, rule: Rule) -> None:
 
 
 def registered(node: fx.Node, module: nn.Module | None) -> Rule | None:
-    """The rule registered for a call node's target, None where there is none (no warning)."""
+    """The rule registered for a call node's target (exact module type: a subclass may have another
+    forward), None where there is none."""
     if node.op == "call_module":
         return module_rule(type(module))
-    rules = FUNCTION_RULES if node.op == "call_function" else METHOD_RULES
-    return rules.get(node.target) or (NAMED_RULES.get(qualified_name(node.target)) if node.op == "call_function"
-                                      else None)
+    if node.op == "call_function":
+        return FUNCTION_RULES.get(node.target) or NAMED_RULES.get(qualified_name(node.target))
+    if node.op == "call_method":
+        return METHOD_RULES.get(node.target)
+    raise ValueError(f"no rules for node kind {node.op}")
 
 
 def lookup(node: fx.Node, module: nn.Module | None) -> Rule:
-    """The rule for a graph node (exact module type: a subclass may have another forward).
+    """The rule for a graph node: its registered one, ``CONTAINER`` for a dataclass built in the graph,
+    else ``CONSERVATIVE``.
 
     A module with forward hooks is opaque (``CONSERVATIVE``, with a warning): a hook may change what
     enters or leaves it, which no rule can see. Remove such hooks before building the IR to prune it.
     """
-    if node.op == "call_module":
-        if module._forward_hooks or module._forward_pre_hooks:
-            warnings.warn(f"module '{node.target}' ({type(module).__name__}) has forward hooks, which may "
-                          "change its input or output: it is kept opaque and its channels are unprunable "
-                          "(remove the hooks before building the IR to prune it)", stacklevel=2)
-            return CONSERVATIVE
-        return module_rule(type(module)) or CONSERVATIVE
-    if node.op == "call_function":
-        rule = FUNCTION_RULES.get(node.target)
-        if rule is None:
-            target = node.target
-            rule = NAMED_RULES.get(qualified_name(target))
-        if rule is None and isinstance(node.target, type) and dataclasses.is_dataclass(node.target):
-            rule = CONTAINER
-        return rule or CONSERVATIVE
-    if node.op == "call_method":
-        return METHOD_RULES.get(node.target, CONSERVATIVE)
-    raise ValueError(f"no rules for node kind {node.op}")
+    if node.op == "call_module" and (module._forward_hooks or module._forward_pre_hooks):
+        warnings.warn(f"module '{node.target}' ({type(module).__name__}) has forward hooks, which may "
+                      "change its input or output: it is kept opaque and its channels are unprunable "
+                      "(remove the hooks before building the IR to prune it)", stacklevel=2)
+        return CONSERVATIVE
+    rule = registered(node, module)
+    if rule is None and node.op == "call_function" and isinstance(node.target, type) \
+            and dataclasses.is_dataclass(node.target):
+        rule = CONTAINER
+    return rule or CONSERVATIVE
 
 
 def qualified_name(obj: Any) -> str:
