@@ -252,13 +252,14 @@ def test_an_empty_output_counts_as_no_difference():
     assert equivalence_error(ir, _half_of_each_group(ir), x, dtype=torch.float64) < 1e-12
 
 
-@pytest.mark.parametrize("build, opaque", [
+@pytest.mark.parametrize("build, opaque, kept", [
     (lambda: torchvision.models.detection.ssdlite320_mobilenet_v3_large(
-        weights=None, weights_backbone=None, score_thresh=0.0), set()),
+        weights=None, weights_backbone=None, score_thresh=0.0), set(), 0.5),
+    # Its box decoding, proposal filtering and NMS are opaque calls; its heads prune (fc6 is most of it).
     (lambda: torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
-        weights=None, weights_backbone=None, box_score_thresh=0.0), {"RegionProposalNetwork", "RoIHeads"}),
+        weights=None, weights_backbone=None, box_score_thresh=0.0), {"helper_call"}, 0.3),
 ])
-def test_torchvision_detectors_prune_and_detect_on_other_images(build, opaque):
+def test_torchvision_detectors_prune_and_detect_on_other_images(build, opaque, kept):
     torch.manual_seed(0)
     model = perturb(build().eval())
     images, other = [torch.rand(3, 224, 224)], [torch.rand(3, 200, 240)]
@@ -275,7 +276,7 @@ def test_torchvision_detectors_prune_and_detect_on_other_images(build, opaque):
     labels = _half_of_each_group(ir)
     assert equivalence_error(ir, labels, other, dtype=torch.float64) < 1e-10
     pruned = ir.prune(labels=labels).model
-    assert sum(p.numel() for p in pruned.parameters()) < 0.9 * sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in pruned.parameters()) < kept * sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         assert pruned(other)[0]["boxes"].shape[1] == 4
 

@@ -141,6 +141,12 @@ class Context:
     def module(self, node: fx.Node) -> nn.Module:
         return self._modules[node.target]
 
+    def attribute(self, node: fx.Node) -> Any:
+        """What a ``get_attr`` node reads: a module, tensor or other attribute of the traced model."""
+        if node.target in self._modules:
+            return self._modules[node.target]
+        return get_tensor(self._modules[""], node.target)
+
     # --- writing -------------------------------------------------------------------------
     def param_axis(self, name: str, dim: int, tied: np.ndarray | None = None) -> np.ndarray:
         """Channel ids of dimension ``dim`` of parameter/buffer ``name`` (created on first use).
@@ -173,6 +179,19 @@ class Context:
         elif isinstance(value, (tuple, list)):
             for v in value:
                 self.block_value(v)
+
+    def keep_tensors_of(self, module: nn.Module, name: str | None = None) -> None:
+        """Block every dim of ``module``'s parameter or buffer ``name``, or of all those of ``module`` and its
+        submodules (an opaque call reads them), wherever the graph uses them."""
+        paths = {id(m): path for path, m in self._modules.items()}
+        prefix = paths.get(id(module), "")
+        owners = [(prefix, module)] if name else module.named_modules(prefix=prefix)
+        for prefix, owner in owners:
+            for table in (owner._parameters, owner._buffers):
+                for key, tensor in table.items():
+                    if tensor is not None and (name is None or key == name):
+                        for d in range(tensor.dim()):
+                            self.space.block(self.param_axis(f"{prefix}.{key}" if prefix else key, d))
 
     def internal(self, ids: np.ndarray) -> None:
         """Declare channel ids that live inside a leaf module (attention features) as understood by

@@ -4,6 +4,8 @@ Importing this package registers the built-in rules. Add support for an op with
 ``register_rule(key, rule)``.
 """
 from .base import CONSERVATIVE, Rule, lookup, register, register_rule
-from . import attention, modules, recurrent, swin, tensor_ops, timm_ops  # noqa: F401  (registration side effects)
+from . import (  # noqa: F401  (registration side effects)
+    attention, detection, helpers, modules, recurrent, swin, tensor_ops, timm_ops,
+)
 
 __all__ = ["CONSERVATIVE", "Rule", "lookup", "register", "register_rule"]

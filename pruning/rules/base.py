@@ -93,11 +93,20 @@ class Fixed(Rule):
 
 class Conservative(Fixed):
     """Unknown op (or a configuration a rule does not handle): as :class:`Fixed`, and reported in
-    ``Snapshot.opaque_ops``."""
+    ``Snapshot.opaque_ops``. A submodule passed to it (read by ``get_attr``: a soft-traced function given
+    ``self.layer``) keeps all its channels, since the op may run it on anything."""
 
     def propagate(self, ctx: "Context", node: fx.Node) -> Any:
         ctx.report_opaque(node)
+        keep_modules_in(ctx, (node.args, node.kwargs))
         return super().propagate(ctx, node)
+
+
+def keep_modules_in(ctx: "Context", args: Any) -> None:
+    """Keep every channel of the modules among ``args`` (``get_attr`` nodes of submodules)."""
+    for a in flatten_args([args]):
+        if isinstance(a, fx.Node) and a.op == "get_attr" and isinstance(held := ctx.attribute(a), nn.Module):
+            ctx.keep_tensors_of(held)
 
 
 class Container(Fixed):
@@ -155,7 +164,7 @@ def registered(node: fx.Node, module: nn.Module | None) -> Rule | None:
     if node.op == "call_module":
         return module_rule(type(module))
     if node.op == "call_function":
-        return FUNCTION_RULES.get(node.target) or NAMED_RULES.get(qualified_name(node.target))
+        return function_rule(node.target)
     if node.op == "call_method":
         return METHOD_RULES.get(node.target)
     raise ValueError(f"no rules for node kind {node.op}")
@@ -183,6 +192,11 @@ def lookup(node: fx.Node, module: nn.Module | None) -> Rule:
 def qualified_name(obj: Any) -> str:
     """``module.qualname`` of a function or class, as ``NAMED_RULES`` keys it."""
     return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+
+
+def function_rule(function: Callable) -> Rule | None:
+    """The rule registered for a function, by the function itself or by its qualified name."""
+    return FUNCTION_RULES.get(function) or NAMED_RULES.get(qualified_name(function))
 
 
 def module_rule(module_type: type) -> Rule | None:

@@ -138,8 +138,8 @@ class Unary(Rule):
 
 
 @register("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "dim", "element_size",
-          torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.randn, torch.rand,
-          torch.tensor, torch.as_tensor, torch.randint, torch.finfo, torch.iinfo)
+          "is_floating_point", "is_complex", torch.zeros, torch.ones, torch.empty, torch.full, torch.arange,
+          torch.randn, torch.rand, torch.tensor, torch.as_tensor, torch.randint, torch.finfo, torch.iinfo)
 class Independent(Rule):
     """The output's shape does not follow the channels of any tensor input (new tensors, and a dtype's
     limits: ``torch.finfo(x.dtype).min``)."""

@@ -21,6 +21,12 @@ library function that asks a tensor ``hasattr(x, "jax")`` and then calls ``x.jax
 tensor can run: transformers' ``is_jax_jitting`` does, for every Hugging Face model, wherever jax is
 installed. Such probes (:data:`PROBES`) answer what they answer for a plain tensor while our tracer runs.
 
+**Methods of helper objects.** A module may hold a plain object (not a module) whose methods its forward
+calls: torchvision's detectors decode boxes with a ``BoxCoder``, which asserts ``isinstance(rel_codes,
+torch.Tensor)``, false for a traced value. When such a method cannot be traced, soft tracing records each
+call of it as one :func:`helper_call` op on the object (read by ``get_attr`` from the module holding it),
+instead of keeping the whole module opaque.
+
 All hold while :meth:`_Tracer.trace` runs, which includes the trace fx runs on a GraphModule's code to
 unpickle it.
 """
@@ -57,6 +63,13 @@ def recording(original: Callable, wrapped: bool = False) -> Callable:
 
     record.__wrapped_factory__ = original  # type: ignore[attr-defined]
     return record
+
+
+def helper_call(holder: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+    """``holder.method(*args, **kwargs)``: a method of a helper object held by a module, as one graph op
+    (fx has no node kind for a method of an object other than a traced value). The tracer wraps it in every
+    trace, so the graph's code records it again when unpickled."""
+    return getattr(holder, method)(*args, **kwargs)
 
 
 #: Library functions that duck-type a tensor with ``hasattr``, by module and name, and what they return

@@ -43,8 +43,11 @@ from .shapes import bind_inputs, evaluate
 from .state import eval_mode
 
 #: Tensor methods and attributes whose result depends only on the tensor's shape (or its dtype).
-SIZE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement"})
+SIZE_METHODS = frozenset({"size", "dim", "ndimension", "numel", "nelement", "is_floating_point", "is_complex"})
 SIZE_ATTRIBUTES = frozenset({"shape", "ndim", "dtype"})
+#: Those that read only the rank or dtype, which no tensor data changes (a box count does not change a rank).
+_RANK_METHODS = frozenset({"dim", "ndimension", "is_floating_point", "is_complex"})
+_RANK_ATTRIBUTES = frozenset({"ndim", "dtype"})
 
 
 def size_count(sizes: Any) -> int:
@@ -124,7 +127,8 @@ class SizeOracle:
         with _maybe_revert_all_patches(), eval_mode(self.root), self._as_before():
             for current in self.graph.nodes:
                 if current not in self._data_dependent:
-                    self._data_dependent[current] = any(self._data_dependent.get(n, False)
+                    self._data_dependent[current] = not _rank_or_dtype(current) and any(
+                        self._data_dependent.get(n, False)
                                                         for n in current.all_input_nodes) or self._refused(current)
                 if current is node:
                     break
@@ -180,3 +184,18 @@ class SizeOracle:
         finally:
             self._busy = False
         return self._env[node]
+
+
+def _rank_or_dtype(node: fx.Node) -> bool:
+    """Whether the node reads only a tensor's rank or dtype (``x.dim()``, ``len(x.shape)``), which are known
+    even where its sizes depend on data."""
+    if node.op == "call_method":
+        return node.target in _RANK_METHODS
+    if node.op != "call_function":
+        return False
+    if node.target is getattr:
+        return node.args[1] in _RANK_ATTRIBUTES
+    shape = node.args[0] if node.target is size_count and node.args else None
+    return isinstance(shape, fx.Node) and (
+        shape.op == "call_function" and shape.target is getattr and shape.args[1] == "shape"
+        or shape.op == "call_method" and shape.target == "size" and len(shape.args) == 1 and not shape.kwargs)

@@ -26,10 +26,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
-from ..rules.base import module_rule
+from ..rules.base import function_rule, module_rule
 from .composites import TRACED_FORWARDS
-from .recorded import recorded_calls, recording
+from .recorded import helper_call, recorded_calls, recording
 from .shapes import shape_of
 from .sizes import GUARD_FUNCTIONS, SizeOracle, negated, size_count
 from .state import SavedAttributes, unchanged_attributes
@@ -64,7 +65,7 @@ class _Tracer(fx.Tracer):
                  leaf_functions: tuple[Callable, ...] = (), example: tuple | None = None) -> None:
         # The guard functions are wrapped in every trace, including the one fx runs on a GraphModule's
         # code when unpickling it (it builds this class with no arguments).
-        super().__init__(autowrap_functions=GUARD_FUNCTIONS + STRUCTURE_GUARDS + leaf_functions)
+        super().__init__(autowrap_functions=GUARD_FUNCTIONS + STRUCTURE_GUARDS + (helper_call,) + leaf_functions)
         self.leaf_types = leaf_types + _EXTRA_LEAF_TYPES
         self.leaf_ids = leaf_ids or set()
         self.failed_module: str | None = None
@@ -72,6 +73,7 @@ class _Tracer(fx.Tracer):
         self.attributes: SavedAttributes | None = None  # the traced model's, as they were (set by trace_graph)
         self._oracle: SizeOracle | None = None
         self._items: list[fx.Node] = []  # items of opaque outputs handed out one by one (see _like_example)
+        self._holders: dict[int, str] | None = None  # helper objects by id: the module attribute holding each
 
     def trace(self, root: nn.Module | Callable, concrete_args: dict[str, Any] | None = None) -> fx.Graph:
         """fx's trace, with tensor factories and dtype limits given traced values, and item assignment,
@@ -135,6 +137,8 @@ class _Tracer(fx.Tracer):
         try:
             return super().create_arg(a)
         except NotImplementedError as error:  # fx: "argument of type: <class ...>"
+            if (path := self._holder_path(a)) is not None:  # whose method helper_call calls
+                return self.create_node("get_attr", path, (), {})
             raise TracingError(
                 f"the traced code passes or returns a {type(a).__module__}.{type(a).__qualname__}, which a graph "
                 "cannot hold (only tensors, numbers, strings, and tuples, lists, dicts and dataclasses of them); "
@@ -150,6 +154,26 @@ class _Tracer(fx.Tracer):
             args = tuple(_PYTHON_DTYPES.get(a, a) if isinstance(a, type) else a for a in args)
             kwargs = {k: _PYTHON_DTYPES.get(v, v) if isinstance(v, type) else v for k, v in kwargs.items()}
         return super().create_proxy(kind, target, args, kwargs, *rest, **options)
+
+    def _holder_path(self, obj: Any) -> str | None:
+        """The qualified name of ``obj`` in the traced model: a submodule (not the model itself), or an
+        attribute of a module holding a helper object (an instance of a class other than a tensor); None
+        elsewhere. The graph reads it with ``get_attr`` where the traced code passes it to a call."""
+        if self._holders is None:
+            self._holders = {}
+            for prefix, module in self.root.named_modules():
+                if prefix:
+                    self._holders.setdefault(id(module), prefix)
+                for name, value in vars(module).items():
+                    if not name.startswith("_") and hasattr(value, "__dict__") \
+                            and not isinstance(value, (torch.Tensor, nn.Module, type)):
+                        self._holders.setdefault(id(value), f"{prefix}.{name}" if prefix else name)
+        return self._holders.get(id(obj))
+
+    def helper_method(self, holder: Any, method: str, args: tuple, kwargs: dict) -> Any:
+        """A call of a helper object's method kept opaque (see :mod:`pruning.tracing.recorded`), shaped like
+        the example's output."""
+        return self._like_example(self.create_proxy("call_function", helper_call, (holder, method, *args), kwargs))
 
     def _installed(self, m: nn.Module) -> bool:
         try:
@@ -257,11 +281,17 @@ class _Tracer(fx.Tracer):
 
 @contextlib.contextmanager
 def _recorded_where_defined(functions: Iterable[Callable]) -> Iterator[None]:
-    """Soft tracing's leaf functions also record their calls through their own module for the duration:
-    fx replaces them only in the globals of the forwards it traces, which misses a call from a method of
-    another class (torchvision's detection postprocessing calls its ``_topk_min`` through its module)."""
-    replaced = [(module, function.__name__, function) for function in functions
-                if getattr(module := sys.modules.get(function.__module__), function.__name__, None) is function]
+    """Soft tracing's leaf functions also record their calls through their own module, and the packages above
+    it that re-export them, for the duration: fx replaces them only in the globals of the forwards it traces,
+    which misses a call from a method of another class (torchvision's detection postprocessing calls its
+    ``_topk_min`` through its module) and a call through a package (``torchvision.ops.roi_align(...)``)."""
+    replaced = []
+    for function in functions:
+        parts = function.__module__.split(".")
+        for depth in range(len(parts), 0, -1):
+            module = sys.modules.get(".".join(parts[:depth]))
+            if getattr(module, function.__name__, None) is function:
+                replaced.append((module, function.__name__, function))
     for module, name, function in replaced:
         setattr(module, name, recording(function, wrapped=True))
     try:
@@ -269,6 +299,31 @@ def _recorded_where_defined(functions: Iterable[Callable]) -> Iterator[None]:
     finally:
         for module, name, function in replaced:
             setattr(module, name, function)
+
+
+@contextlib.contextmanager
+def _recorded_methods(methods: Iterable[tuple[Any, str]]) -> Iterator[None]:
+    """Soft tracing's opaque helper methods (``(holder, name)``) record their calls as one graph op each
+    (:meth:`_Tracer.helper_method`) for the duration: an attribute of the instance shadows the method."""
+    def recording_method(holder: Any, name: str) -> Callable:
+        bound = getattr(holder, name)
+
+        @functools.wraps(bound)
+        def record(*args: Any, **kwargs: Any) -> Any:
+            proxy = next((a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
+            if proxy is None or not isinstance(proxy.tracer, _Tracer):
+                return bound(*args, **kwargs)
+            return proxy.tracer.helper_method(holder, name, args, kwargs)
+
+        return record
+
+    for holder, name in methods:
+        vars(holder)[name] = recording_method(holder, name)
+    try:
+        yield
+    finally:
+        for holder, name in methods:
+            vars(holder).pop(name, None)
 
 
 @contextlib.contextmanager
@@ -335,12 +390,13 @@ def trace_graph(
             )
     modules = dict(model.named_modules())
     leaf_functions: list[Callable] = []
+    leaf_methods: list[tuple[Any, str]] = []
     while True:
         tracer = _Tracer(tuple(leaf_types), leaf_ids, tuple(leaf_functions), example)
         try:
             # unchanged_attributes: a forward that caches tensors would keep Proxies
             with unchanged_attributes(model) as tracer.attributes, _sized_proxies(), _class_swapped(model, shim), \
-                    _recorded_where_defined(leaf_functions):
+                    _recorded_where_defined(leaf_functions), _recorded_methods(leaf_methods):
                 graph = tracer.trace(model, concrete_args=concrete)
             break
         except Exception as error:  # noqa: BLE001 - re-raised with context below
@@ -348,10 +404,27 @@ def trace_graph(
             culprit = _failing_function(error)
             if soft_tracing and culprit is not None and culprit not in leaf_functions:
                 leaf_functions.append(culprit)
+                if function_rule(culprit) is None:  # with a rule (roi_align), one call is what the rule reads
+                    warnings.warn(
+                        f"soft tracing: function {culprit.__module__}.{culprit.__qualname__} (called by "
+                        f"{name or 'the model'}) cannot be traced ({type(error).__name__}: {error}); it is "
+                        "kept as one opaque call and the channels entering it are treated as unprunable",
+                        stacklevel=3,
+                    )
+                continue
+            # Only where parameters could prune around it: a module without any loses nothing by staying
+            # whole, and tracing around the method could pin its sizes (an image resize) for the example.
+            owner = modules[name] if name else model
+            method = (_failing_method(error, tracer) if soft_tracing and culprit is None
+                      and next(owner.parameters(), None) is not None else None)
+            if method is not None and not any(h is method[0] and n == method[1] for h, n in leaf_methods):
+                leaf_methods.append(method)
+                holder, method_name = method
                 warnings.warn(
-                    f"soft tracing: function {culprit.__module__}.{culprit.__qualname__} (called by "
-                    f"{name or 'the model'}) cannot be traced ({type(error).__name__}: {error}); it is "
-                    "kept as one opaque call and the channels entering it are treated as unprunable",
+                    f"soft tracing: method {type(holder).__qualname__}.{method_name} of "
+                    f"'{tracer._holder_path(holder)}' "
+                    f"(called by {name or 'the model'}) cannot be traced ({type(error).__name__}: {error}); each "
+                    "call is kept as one opaque op and the channels entering it are treated as unprunable",
                     stacklevel=3,
                 )
                 continue
@@ -447,13 +520,9 @@ def _defaults_after(model: nn.Module, given: int) -> dict[str, object] | None:
             if p.kind is not p.VAR_KEYWORD and p.default is not p.empty and isinstance(p.default, plain)} or None
 
 
-def _failing_function(error: BaseException) -> Callable | None:
-    """The module-level function that the innermost module forward called when tracing failed.
-
-    First a function the forward reaches through its module's globals (decorated functions are
-    recognised through ``__wrapped__``); else the outermost module-level function, outside torch, that a
-    method called by the forward reached (see ``_recorded_where_defined``).
-    """
+def _frames_below_forward(error: BaseException) -> list:
+    """The frames of ``error``'s traceback from the innermost module forward outside torch on (that forward's
+    first); empty if there is none."""
     frames = []
     tb = error.__traceback__
     while tb is not None:
@@ -462,22 +531,48 @@ def _failing_function(error: BaseException) -> Callable | None:
     forwards = [i for i, frame in enumerate(frames) if frame.f_code.co_name == "forward"
                 and isinstance(frame.f_locals.get("self"), nn.Module)
                 and not frame.f_code.co_filename.startswith(_TORCH_DIR)]
-    if not forwards:
+    return frames[forwards[-1]:] if forwards else []
+
+
+def _failing_function(error: BaseException) -> Callable | None:
+    """The module-level function that the innermost module forward called when tracing failed.
+
+    First a function the forward reaches through its module's globals (decorated functions are
+    recognised through ``__wrapped__``); else the outermost module-level function, outside torch, that a
+    method called by the forward reached (see ``_recorded_where_defined``).
+    """
+    frames = _frames_below_forward(error)
+    if not frames:
         return None
-    caller = frames[forwards[-1]]
     functions = {}
-    for value in list(caller.f_globals.values()):
+    for value in list(frames[0].f_globals.values()):
         if inspect.isfunction(value):
             functions.setdefault(getattr(inspect.unwrap(value), "__code__", None), value)
-    for frame in frames[forwards[-1] + 1:]:
+    for frame in frames[1:]:
         if frame.f_code in functions:
             return functions[frame.f_code]
     # Reached through a method the forward called (torchvision's detection postprocessing calls its
     # mask pasting and NMS helpers): the outermost module-level function of a module outside torch.
-    for frame in frames[forwards[-1] + 1:]:
+    for frame in frames[1:]:
         if frame.f_code.co_filename.startswith(_TORCH_DIR):
             continue
         value = frame.f_globals.get(frame.f_code.co_name)
         if inspect.isfunction(value) and getattr(inspect.unwrap(value), "__code__", None) is frame.f_code:
             return value
+    return None
+
+
+def _failing_method(error: BaseException, tracer: _Tracer) -> tuple[Any, str] | None:
+    """``(holder, method)``: the innermost method that the innermost module forward called, directly or not, when
+    tracing failed: of a helper object a module holds (torchvision's ``BoxCoder.decode``) or of a submodule
+    other than its forward (the proposal filtering of torchvision's ``RegionProposalNetwork``); None if none.
+    The method must be a plain function of the object's class."""
+    for frame in reversed(_frames_below_forward(error)[1:]):  # the innermost: the smallest culprit
+        holder = frame.f_locals.get("self")
+        if holder is None or not hasattr(holder, "__dict__") or frame.f_code.co_filename.startswith(_TORCH_DIR) \
+                or frame.f_code.co_name == "forward":
+            continue
+        method = inspect.getattr_static(type(holder), frame.f_code.co_name, None)
+        if inspect.isfunction(method) and method.__code__ is frame.f_code and tracer._holder_path(holder):
+            return holder, frame.f_code.co_name
     return None

@@ -1,0 +1,68 @@
+"""torchvision's region-of-interest pooling, which its detectors' heads read features through: registered by
+name, so that torchvision need not be installed or imported.
+
+Each pooled region keeps the channels of the feature map it is pooled from: the output is
+``(regions, channels, height, width)``, with the input's channel dim and nothing else carried over. The
+boxes are coordinates, not channels (blocked).
+"""
+from __future__ import annotations
+
+from .base import CONSERVATIVE, Rule, arg, is_size, register_rule
+
+
+def _pooled(ctx, node, feature_ids: object) -> tuple:
+    """The output value of a pooling whose output carries ``feature_ids`` in dim 1 (None: no channels)."""
+    shape = ctx.shape(node)
+    return (None, feature_ids, *(None,) * (len(shape) - 2))
+
+
+class RoIPooling(Rule):
+    """``roi_align``/``roi_pool`` (function or ``RoIAlign``/``RoIPool`` module): ``(input, boxes, ...)``, input
+    ``(N, C, H, W)``."""
+
+    def propagate(self, ctx, node):
+        feature, boxes = arg(node, 0, "input"), arg(node, 1, "boxes")
+        value, shape = ctx.value(feature), ctx.shape(feature)
+        if not is_size(shape) or len(shape) != 4 or not is_size(ctx.shape(node)) or ctx.shape(node)[1] != shape[1]:
+            return CONSERVATIVE.propagate(ctx, node)
+        ctx.block_value(ctx.value(boxes))
+        if value is None:
+            return _pooled(ctx, node, None)
+        ctx.block_value([value[0], *value[2:]])
+        return _pooled(ctx, node, value[1])
+
+
+class MultiScaleRoIAlign(Rule):
+    """``MultiScaleRoIAlign(features, boxes, image_shapes)``: each region is pooled from one of the feature
+    maps its ``featmap_names`` select among those given (a feature pyramid's levels, chosen by the region's
+    size), so those maps' channels are pruned together and the output carries them. Maps it does not select
+    are not read."""
+
+    def propagate(self, ctx, node):
+        features, boxes, sizes = arg(node, 0, "x"), arg(node, 1, "boxes"), arg(node, 2, "image_shapes")
+        names = getattr(ctx.module(node), "featmap_names", None)
+        if not isinstance(features, dict) or not names:
+            return CONSERVATIVE.propagate(ctx, node)
+        selected = [value for key, value in features.items() if key in names]
+        shapes = [ctx.shape(f) for f in selected]
+        out = ctx.shape(node)
+        if not is_size(out) or any(not is_size(s) or len(s) != 4 or s[1] != out[1] for s in shapes):
+            return CONSERVATIVE.propagate(ctx, node)
+        ctx.block_value(ctx.value(boxes))
+        ctx.block_value(ctx.value(sizes))
+        channels = None
+        for value in (ctx.value(f) for f in selected):
+            if value is None or value[1] is None:  # a map without channel ids: the others are kept too
+                return CONSERVATIVE.propagate(ctx, node)
+            ctx.block_value([value[0], *value[2:]])
+            if channels is None:
+                channels = value[1]
+            else:
+                ctx.space.merge(channels, value[1])
+        return _pooled(ctx, node, channels)
+
+
+for _name in ("torchvision.ops.roi_align.roi_align", "torchvision.ops.roi_pool.roi_pool",
+              "torchvision.ops.roi_align.RoIAlign", "torchvision.ops.roi_pool.RoIPool"):
+    register_rule(_name, RoIPooling())
+register_rule("torchvision.ops.poolers.MultiScaleRoIAlign", MultiScaleRoIAlign())
