@@ -95,55 +95,83 @@ def pruned_shifted_window_attention(
     value features per head (``v_head_dim``) and output channels. torchvision derives the head width
     from the input's channel count; here it is given, and ``scale`` is the original
     ``1/sqrt(head_dim)`` (cosine attention does not use it). Same arguments and result otherwise:
-    windows of ``window_size`` over a (B, H, W, C) input padded to whole windows, cyclically shifted
-    by ``shift_size`` with a mask between regions that the shift brought together.
+    windows of ``window_size`` over a (B, H, W, C) input, or (B, T, H, W, C) with three window sizes (Video
+    Swin, :func:`pruned_shifted_window_attention_3d`), padded to whole windows, cyclically shifted by
+    ``shift_size`` with a mask between regions that the shift brought together.
     """
-    batch, height, width, _ = input.shape
-    win_h, win_w = window_size
-    x = F.pad(input, (0, 0, 0, -width % win_w, 0, -height % win_h))
-    padded_h, padded_w = x.shape[1], x.shape[2]
-    shift = (0 if win_h >= padded_h else shift_size[0], 0 if win_w >= padded_w else shift_size[1])
+    batch, sizes, k = input.shape[0], input.shape[1:-1], len(window_size)
+    x = F.pad(input, [0, 0] + [p for size, window in zip(reversed(sizes), reversed(window_size))
+                               for p in (0, -size % window)])
+    padded = x.shape[1:-1]
+    shift = tuple(0 if window >= size else s for window, size, s in zip(window_size, padded, shift_size))
+    axes = tuple(range(1, k + 1))
     if sum(shift) > 0:
-        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-    rows, cols, tokens = padded_h // win_h, padded_w // win_w, win_h * win_w
-    windows = x.view(batch, rows, win_h, cols, win_w, -1).permute(0, 1, 3, 2, 4, 5).reshape(batch * rows * cols, tokens, -1)
+        x = torch.roll(x, shifts=tuple(-s for s in shift), dims=axes)
+    counts = [size // window for size, window in zip(padded, window_size)]
+    tokens = math.prod(window_size)
+    windows = _windows(x, counts, window_size).reshape(batch * math.prod(counts), tokens, -1)
     qk_width, v_width = num_heads * qk_head_dim, num_heads * v_head_dim
     if logit_scale is not None and qkv_bias is not None:  # Swin v2 has no key bias
         qkv_bias = torch.cat([qkv_bias[:qk_width], torch.zeros_like(qkv_bias[qk_width:2 * qk_width]),
                               qkv_bias[2 * qk_width:]])
-    q, k, v = (part.reshape(len(windows), tokens, num_heads, -1).transpose(1, 2) for part in
-               F.linear(windows, qkv_weight, qkv_bias).split([qk_width, qk_width, v_width], dim=-1))
+    q, k_, v = (part.reshape(len(windows), tokens, num_heads, -1).transpose(1, 2) for part in
+                F.linear(windows, qkv_weight, qkv_bias).split([qk_width, qk_width, v_width], dim=-1))
     if logit_scale is not None:
-        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = F.normalize(q, dim=-1) @ F.normalize(k_, dim=-1).transpose(-2, -1)
         attn = attn * torch.clamp(logit_scale, max=math.log(100.0)).exp()
     else:
-        attn = (q * scale) @ k.transpose(-2, -1)
+        attn = (q * scale) @ k_.transpose(-2, -1)
     attn = attn + relative_position_bias
     if sum(shift) > 0:
-        mask = _shift_mask(padded_h, padded_w, window_size, shift, attn)
-        attn = (attn.view(batch, rows * cols, num_heads, tokens, tokens) + mask[None, :, None]).view(-1, num_heads, tokens, tokens)
+        mask = _shift_mask(padded, window_size, shift, attn)
+        attn = attn.view(batch, len(mask), num_heads, tokens, tokens) + mask[None, :, None]
+        attn = attn.view(-1, num_heads, tokens, tokens)
     attn = F.dropout(F.softmax(attn, dim=-1), p=attention_dropout, training=training)
     out = (attn @ v).transpose(1, 2).reshape(len(windows), tokens, v_width)
     out = F.dropout(F.linear(out, proj_weight, proj_bias), p=dropout, training=training)
-    out = out.view(batch, rows, cols, win_h, win_w, -1).permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, -1)
+    interleave = [0] + [axis for i in range(k) for axis in (1 + i, 1 + k + i)] + [2 * k + 1]
+    out = out.view(batch, *counts, *window_size, -1).permute(interleave).reshape(batch, *padded, -1)
     if sum(shift) > 0:
-        out = torch.roll(out, shifts=shift, dims=(1, 2))
-    return out[:, :height, :width, :].contiguous()
+        out = torch.roll(out, shifts=shift, dims=axes)
+    return out[(slice(None), *(slice(0, size) for size in sizes))].contiguous()
 
 
-def _shift_mask(padded_h: int, padded_w: int, window_size: list[int], shift: tuple[int, int],
+def pruned_shifted_window_attention_3d(
+    input: torch.Tensor, qkv_weight: torch.Tensor, proj_weight: torch.Tensor,
+    relative_position_bias: torch.Tensor, window_size: list[int], num_heads: int, shift_size: list[int],
+    attention_dropout: float = 0.0, dropout: float = 0.0, qkv_bias: torch.Tensor | None = None,
+    proj_bias: torch.Tensor | None = None, training: bool = True,
+    *, qk_head_dim: int, v_head_dim: int, scale: float,
+) -> torch.Tensor:
+    """torchvision's ``shifted_window_attention_3d`` (Video Swin: a (B, T, H, W, C) input, windows and
+    shifts in T, H and W, no cosine attention) with the widths pruning makes independent; its arguments,
+    then those of :func:`pruned_shifted_window_attention`."""
+    return pruned_shifted_window_attention(
+        input, qkv_weight, proj_weight, relative_position_bias, window_size, num_heads, shift_size,
+        attention_dropout, dropout, qkv_bias, proj_bias, None, training,
+        qk_head_dim=qk_head_dim, v_head_dim=v_head_dim, scale=scale)
+
+
+def _windows(x: torch.Tensor, counts: list[int], window_size: list[int]) -> torch.Tensor:
+    """(B, *windows, *window_size, C...): ``x`` (B, *padded sizes, C...) cut into whole windows."""
+    k = len(window_size)
+    split = [size for count, window in zip(counts, window_size) for size in (count, window)]
+    order = [0] + [1 + 2 * i for i in range(k)] + [2 + 2 * i for i in range(k)] + list(range(2 * k + 1, x.dim() + k))
+    return x.reshape(x.shape[0], *split, *x.shape[k + 1:]).permute(order)
+
+
+def _shift_mask(padded: tuple[int, ...], window_size: list[int], shift: tuple[int, ...],
                 like: torch.Tensor) -> torch.Tensor:
     """(windows, tokens, tokens): -100 between tokens of one window that come from different regions of
     the shifted map (three bands per axis: before the last window, the last window without the shift,
     the shift), 0 within a region."""
-    def bands(size: int, window: int, offset: int) -> torch.Tensor:
+    region = torch.zeros((), dtype=torch.long, device=like.device)
+    for size, window, offset in zip(padded, window_size, shift):
         band = torch.zeros(size, dtype=torch.long, device=like.device)
         band[size - window:] = 1
         band[size - offset:] = 2
-        return band
-
-    region = bands(padded_h, window_size[0], shift[0])[:, None] * 3 + bands(padded_w, window_size[1], shift[1])[None, :]
-    win_h, win_w = window_size
-    region = region.view(padded_h // win_h, win_h, padded_w // win_w, win_w).permute(0, 2, 1, 3).reshape(-1, win_h * win_w)
+        region = region[..., None] * 3 + band  # mixed radix: one region per combination of bands
+    counts = [size // window for size, window in zip(padded, window_size)]
+    region = _windows(region[None], counts, window_size).reshape(math.prod(counts), math.prod(window_size))
     different = region[:, None, :] != region[:, :, None]
     return torch.zeros(different.shape, dtype=like.dtype, device=like.device).masked_fill(different, -100.0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pruning import PruningIR
-from pruning.pruned_modules import pruned_shifted_window_attention
+from pruning.pruned_modules import pruned_shifted_window_attention, pruned_shifted_window_attention_3d
 from pruning.verify import equivalence_error, perturb
 
 swin = pytest.importorskip("torchvision.models.swin_transformer")
@@ -56,3 +56,37 @@ def test_swin_attention_and_stage_widths_prune_exactly(v2):
     labels = [group[0] for group in again.snapshot().groups]
     assert equivalence_error(again, [label for label in labels if not again.snapshot().analysis.normalized[label.index]],
                              x, dtype=torch.float64) < 1e-10
+
+
+video_swin = pytest.importorskip("torchvision.models.video.swin_transformer")
+
+
+@pytest.mark.parametrize("size, window, shift", [
+    ((4, 14, 14), [2, 7, 7], [1, 3, 3]), ((3, 10, 13), [2, 7, 7], [1, 3, 3]), ((4, 8, 8), [2, 4, 4], [0, 2, 2]),
+    ((4, 8, 8), [2, 4, 4], [0, 0, 0]),
+])
+def test_pruned_window_attention_computes_torchvisions_3d(size, window, shift):
+    torch.manual_seed(0)
+    c, heads, tokens = 12, 3, window[0] * window[1] * window[2]
+    x, qkv_w, qkv_b = torch.randn(2, *size, c), torch.randn(3 * c, c), torch.randn(3 * c)
+    proj_w, proj_b, bias = torch.randn(c, c), torch.randn(c), torch.randn(1, heads, tokens, tokens)
+    args = (x, qkv_w, proj_w, bias, window, heads, shift, 0.0, 0.0, qkv_b, proj_b, False)
+    expected = video_swin.shifted_window_attention_3d(*args)
+    got = pruned_shifted_window_attention_3d(*args, qk_head_dim=4, v_head_dim=4, scale=4 ** -0.5)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_video_swin_attention_prunes_exactly():
+    torch.manual_seed(0)
+    model = video_swin.SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                         window_size=[2, 4, 4], num_classes=5)
+    model = perturb(model.eval())
+    x = torch.randn(1, 3, 4, 36, 40)
+    ir = PruningIR(model, example_input=x)
+    s = ir.snapshot()
+    assert s.opaque_ops == []
+    exact = [label for group in s.groups for label in group[::2] if not s.analysis.normalized[label.index]]
+    assert equivalence_error(ir, exact, x, dtype=torch.float64) < 1e-10
+    pruned = ir.prune(labels=[label for group in s.groups for label in group[: len(group) // 2]]).model
+    assert sum(p.numel() for p in pruned.parameters()) < 0.45 * sum(p.numel() for p in model.parameters())
+    assert pruned(x).shape == model(x).shape

@@ -5,7 +5,7 @@ Importing this package registers the built-in rules. Add support for an op with
 """
 from .base import CONSERVATIVE, Rule, lookup, register, register_rule
 from . import (  # noqa: F401  (registration side effects)
-    attention, detection, helpers, modules, recurrent, swin, tensor_ops, timm_ops,
+    attention, detection, helpers, modules, mvit, recurrent, swin, tensor_ops, timm_ops,
 )
 
 __all__ = ["CONSERVATIVE", "Rule", "lookup", "register", "register_rule"]

@@ -412,9 +412,9 @@ class Stack(Rule):
         return merged[:dim] + (None,) + merged[dim:]
 
 
-@register("split", "chunk", torch.split, torch.chunk)
+@register("split", "chunk", "tensor_split", torch.split, torch.chunk, torch.tensor_split)
 class Split(Rule):
-    """Split/chunk: each piece gets its slice of the ids; after pruning the pieces get explicit
+    """Split/chunk/tensor_split: each piece gets its slice of the ids; after pruning the pieces get explicit
     sizes (a chunk becomes a split), so uneven pruning of the pieces stays valid. Sizes computed at run
     time (a mixture of experts splits tokens by its routing) stay as they are: a split along channels
     by such sizes keeps its channels, and a split along any other dim is not rewritten."""
@@ -454,7 +454,8 @@ class Split(Rule):
 def _computed_sizes(node: fx.Node) -> bool:
     """Whether a split's sizes (or a chunk's count) are traced values rather than literals."""
     sizes = node.args[1] if len(node.args) > 1 else next(
-        (node.kwargs[k] for k in ("split_size_or_sections", "split_size", "chunks") if k in node.kwargs), None)
+        (node.kwargs[k] for k in ("split_size_or_sections", "split_size", "chunks", "indices_or_sections", "indices",
+                                  "sections") if k in node.kwargs), None)
     return isinstance(sizes, fx.Node) or (isinstance(sizes, (tuple, list))
                                           and any(isinstance(a, fx.Node) for a in flatten_args(sizes)))
 

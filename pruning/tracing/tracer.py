@@ -2,9 +2,13 @@
 
 Soft tracing: when the forward of a submodule cannot be traced symbolically (data-dependent control
 flow, unsupported Python), the smallest culprit becomes opaque and a warning names it: a module-level
-function called by that forward (a mask builder, say) becomes a leaf function, otherwise the submodule
-becomes a leaf module. The analysis treats the channels entering an opaque call as unprunable. Without
-soft tracing the first failure is raised as a :class:`TracingError` naming the module and the reason.
+function called by that forward (a mask builder, say) becomes a leaf function; else, in a module with
+parameters, the innermost method it called of a helper object a module holds or of a submodule (not a
+forward: torchvision's box decoding and proposal filtering) becomes one opaque call
+(:func:`pruning.tracing.recorded.helper_call`); otherwise the submodule becomes a leaf module. The
+analysis treats the channels entering an opaque call as unprunable, and those of the modules and
+tensors an opaque method reads (:mod:`pruning.rules.helpers`). Without soft tracing the first failure is
+raised as a :class:`TracingError` naming the module and the reason.
 
 With example inputs, branches on tensor sizes and ``len()``/unpacking of shapes are decided for them and
 guarded in the graph (:mod:`pruning.tracing.sizes`) instead of failing; so are iterating an input list and
