@@ -304,3 +304,24 @@ def test_the_example_s_values_are_computed_on_the_model_as_it_was_before_tracing
     assert isinstance(model.table, torch.Tensor) and not isinstance(model.table, torch.fx.Proxy)
     assert any(n.target is is_none for n in ir.snapshot().model.graph.nodes)
     torch.testing.assert_close(ir.snapshot().model(x), model(x))
+
+
+class FlattensRegions(nn.Module):
+    """A detector's box head: region features flattened into linear layers; no region may be proposed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc6, self.fc7 = nn.Conv2d(3, 4, 3), nn.Linear(4 * 4, 8), nn.Linear(8, 2)
+
+    def forward(self, regions):
+        return self.fc7(torch.relu(self.fc6(self.conv(regions).flatten(start_dim=1))))
+
+
+def test_an_empty_batch_example_prunes_like_a_full_one():
+    model = perturb(FlattensRegions().eval())
+    full = PruningIR(model, example_input=torch.randn(3, 3, 4, 4))
+    empty = PruningIR(model, example_input=torch.randn(0, 3, 4, 4))
+    assert [len(g) for g in empty.snapshot().groups] == [len(g) for g in full.snapshot().groups] == [4, 8]
+    x = torch.randn(5, 3, 4, 4)
+    torch.testing.assert_close(empty.prune(labels=_half_of_each_group(empty)).model(x),
+                               full.prune(labels=_half_of_each_group(full)).model(x))

@@ -94,7 +94,8 @@ def reshape(ctx, value: tuple, in_shape: Sequence[int], out_shape: Sequence[int]
     """
     out: list[Any] = [None] * len(out_shape)
     groups = group_dims(in_shape, out_shape)
-    if groups is None or 0 in in_shape:
+    # An empty tensor (no region proposed) reshapes unambiguously only where each empty dim maps to one.
+    if groups is None or any(0 in [in_shape[d] for d in gi] and (len(gi), len(gj)) != (1, 1) for gi, gj in groups):
         ctx.block_value(value)
         return tuple(out)
     for gi, gj in groups:
