@@ -3,6 +3,7 @@ undecided, and soft tracing's leaf functions reached through a method: what torc
 need, each on a small model whose pruned outputs can be checked."""
 from __future__ import annotations
 
+import io
 import warnings
 
 import dill
@@ -325,3 +326,30 @@ def test_an_empty_batch_example_prunes_like_a_full_one():
     x = torch.randn(5, 3, 4, 4)
     torch.testing.assert_close(empty.prune(labels=_half_of_each_group(empty)).model(x),
                                full.prune(labels=_half_of_each_group(full)).model(x))
+
+
+class OptionalTargets(nn.Module):
+    """A detector's signature: ``targets=None``, fixed at its default while traced (fx guards it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+    def forward(self, x, targets=None):
+        y = self.b(torch.relu(self.a(x)))
+        return y if targets is None else (y - targets).square().mean()
+
+
+def test_unpickling_a_graph_with_a_none_default_leaves_later_traces_working():
+    model, x = perturb(OptionalTargets().eval()), torch.randn(3, 4)
+    ir = PruningIR(model, example_input=x)
+    restored = dill.loads(dill.dumps(ir))  # fx traces the generated code again
+    buffer = io.BytesIO()
+    torch.save(restored.prune(labels=_half_of_each_group(restored)).model, buffer)  # plain pickle: traced again
+    buffer.seek(0)
+    pruned = torch.load(buffer, weights_only=False)
+    assert pruned(x).shape == (3, 2)
+    with pytest.raises(AssertionError, match="specialized to have value None"):  # the guard is still there
+        pruned(x, torch.zeros(3, 2))
+    again = PruningIR(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), example_input=x)  # failed: KeyError
+    assert again.snapshot().groups

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 from torch import fx, nn
+from torch.fx._symbolic_trace import _assert_is_none
 from torch.utils import _pytree as pytree
 
 from ..rules.base import function_rule, module_rule
@@ -88,6 +89,7 @@ class _Tracer(fx.Tracer):
         for node in reversed(self._items):  # items the traced code never read
             if not node.users:
                 graph.erase_node(node)
+        _own_none_guards(graph)
         return graph
 
     def _example_value(self, obj: fx.Proxy, sizes_only: bool = True) -> Any:
@@ -281,6 +283,21 @@ class _Tracer(fx.Tracer):
                 and output.node.target == self.path_of_module(m)):
             return self._like_example(output)  # an opaque module (soft tracing's, or the caller's leaf)
         return output
+
+
+def _own_none_guards(graph: fx.Graph) -> None:
+    """fx's guard on an argument fixed at its None default (``_assert_is_none(targets, msg)``, a detector's
+    ``targets=None``) becomes ``torch._assert(is_none(targets), msg)``. fx's own function is named by its
+    dotted torch path in the generated code; when fx traces that code again to unpickle the GraphModule
+    (torch 2.14), it records the call as wrapped, and the code it then generates registers that dotted name
+    for wrapping, after which every later trace in the process fails with a ``KeyError``."""
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is _assert_is_none:
+            with graph.inserting_before(node):
+                condition = graph.call_function(is_none, (node.args[0],))
+                guard = graph.call_function(torch._assert, (condition, *node.args[1:]), node.kwargs)
+            node.replace_all_uses_with(guard)
+            graph.erase_node(node)
 
 
 @contextlib.contextmanager
