@@ -258,7 +258,7 @@ def test_an_empty_output_counts_as_no_difference():
         weights=None, weights_backbone=None, score_thresh=0.0), set(), 0.5),
     # Its box decoding, proposal filtering and NMS are opaque calls; its heads prune (fc6 is most of it).
     (lambda: torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
-        weights=None, weights_backbone=None, box_score_thresh=0.0), {"helper_call"}, 0.3),
+        weights=None, weights_backbone=None, box_score_thresh=0.0), {"decode", "filter_proposals"}, 0.3),
 ])
 def test_torchvision_detectors_prune_and_detect_on_other_images(build, opaque, kept):
     torch.manual_seed(0)

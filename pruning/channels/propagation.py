@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..rules import base
+from ..tracing.recorded import helper_call
 from .space import ChannelSpace
 from .values import SizeOf
 
@@ -301,6 +302,8 @@ def _op_name(node: fx.Node, module: nn.Module | None) -> str:
         return f"{type(module).__module__}.{type(module).__qualname__}"
     if node.op == "call_method":
         return f"Tensor.{node.target}"
+    if node.target is helper_call and getattr(node.args[0], "op", None) == "get_attr":  # soft tracing's opaque method
+        return f"{node.args[0].target}.{node.args[1]}"
     target, name = node.target, getattr(node.target, "__name__", "")
     for prefix, namespace in (("torch", torch), ("torch.nn.functional", F), ("operator", operator)):
         if getattr(namespace, name, None) is target:
