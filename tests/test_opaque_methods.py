@@ -198,3 +198,21 @@ def test_a_submodule_given_to_an_opaque_call_keeps_its_channels():
     slices = [ir.snapshot().slices(label) for group in ir.snapshot().groups for label in group]
     assert slices and not any(name.startswith("mid.") for s in slices for name in s)  # b's 6 prune
     assert equivalence_error(ir, _half_of_each_group(ir), x, dtype=torch.float64) < 1e-12
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_detector_traced_and_pruned_on_the_cpu_runs_on_cuda():
+    torch.manual_seed(0)
+    model = perturb(torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, box_score_thresh=0.0).eval())
+    images = [torch.rand(3, 224, 224)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # soft tracing names the methods it keeps opaque
+        ir = PruningIR(model, example_input=(images,))
+    pruned = ir.prune(labels=_half_of_each_group(ir)).model
+    with torch.no_grad():
+        on_cpu = pruned(images)
+        on_cuda = pruned.cuda()([image.cuda() for image in images])
+    assert len(on_cuda[0]["boxes"]) > 0 and on_cuda[0]["boxes"].device.type == "cuda"
+    # (box order among near-equal scores may differ between devices: compare the best score)
+    torch.testing.assert_close(on_cuda[0]["scores"].max().cpu(), on_cpu[0]["scores"].max(), rtol=1e-3, atol=1e-4)

@@ -90,3 +90,17 @@ def test_video_swin_attention_prunes_exactly():
     pruned = ir.prune(labels=[label for group in s.groups for label in group[: len(group) // 2]]).model
     assert sum(p.numel() for p in pruned.parameters()) < 0.45 * sum(p.numel() for p in model.parameters())
     assert pruned(x).shape == model(x).shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pruned_video_swin_runs_on_cuda():
+    torch.manual_seed(0)
+    model = video_swin.SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 4],
+                                         window_size=[2, 4, 4], num_classes=5)
+    model, x = perturb(model.eval()), torch.randn(1, 3, 4, 36, 40)
+    ir = PruningIR(model, example_input=x)
+    pruned = ir.prune(labels=[label for group in ir.snapshot().groups for label in group[: len(group) // 2]]).model
+    with torch.no_grad():
+        expected = pruned(x)
+        got = pruned.cuda()(x.cuda())
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
