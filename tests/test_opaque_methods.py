@@ -142,27 +142,34 @@ def test_the_rank_and_dtype_of_a_data_dependent_value_are_decided():
 
 
 class Pools(nn.Module):
-    """Convolutions, regions pooled from their features by ``roi_align`` or ``MultiScaleRoIAlign``, a head."""
+    """Convolutions, regions pooled from their features by ``roi_align`` (the function or the torch op, which a
+    trace records where the function traces through), ``roi_pool``'s op or ``MultiScaleRoIAlign``, a head."""
 
-    def __init__(self, multiscale: bool) -> None:
+    def __init__(self, how: str) -> None:
         super().__init__()
+        self.how = how
         self.a, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 3, padding=1)
-        self.multiscale = torchvision.ops.MultiScaleRoIAlign(["0", "1"], 2, 2) if multiscale else None
+        self.multiscale = torchvision.ops.MultiScaleRoIAlign(["0", "1"], 2, 2) if how == "multiscale" else None
         self.head = nn.Linear(6 * 4, 2)
         self.register_buffer("boxes", torch.tensor([[0.0, 0.0, 8.0, 8.0], [4.0, 2.0, 15.0, 13.0]]))
 
     def forward(self, x):
         f = self.c(torch.relu(self.a(x)))
-        if self.multiscale is not None:
+        rois = torch.cat([torch.zeros(len(self.boxes), 1), self.boxes], dim=1)
+        if self.how == "multiscale":
             pooled = self.multiscale({"0": f, "1": nn.functional.max_pool2d(f, 2)}, [self.boxes], [(16, 16)])
+        elif self.how == "align op":
+            pooled = torch.ops.torchvision.roi_align(f, rois, 1.0, 2, 2, 2, False)
+        elif self.how == "pool op":
+            pooled = torch.ops.torchvision.roi_pool(f, rois, 1.0, 2, 2)[0]
         else:
             pooled = torchvision.ops.roi_align(f, [self.boxes], output_size=2, spatial_scale=1.0)
         return self.head(pooled.flatten(1))
 
 
-@pytest.mark.parametrize("multiscale", [False, True])
-def test_region_pooling_passes_the_feature_channels(multiscale):
-    model, x = perturb(Pools(multiscale).eval()), torch.randn(1, 3, 16, 16)
+@pytest.mark.parametrize("how", ["function", "align op", "pool op", "multiscale"])
+def test_region_pooling_passes_the_feature_channels(how):
+    model, x = perturb(Pools(how).eval()), torch.randn(1, 3, 16, 16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # roi_align is one call (soft tracing's), which its rule reads
         ir = PruningIR(model, example_input=x)

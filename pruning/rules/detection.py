@@ -1,5 +1,7 @@
-"""torchvision's region-of-interest pooling, which its detectors' heads read features through: registered by
-name, so that torchvision need not be installed or imported.
+"""torchvision's region-of-interest pooling, which its detectors' heads read features through: the Python
+functions and modules registered by name, so that torchvision need not be installed, and its torch ops
+(``torch.ops.torchvision.roi_align``, which a trace records where the Python function traces through, as on
+torch 2.11's torchvision) where it is.
 
 Each pooled region keeps the channels of the feature map it is pooled from: the output is
 ``(regions, channels, height, width)``, with the input's channel dim and nothing else carried over. The
@@ -7,23 +9,32 @@ boxes are coordinates, not channels (blocked).
 """
 from __future__ import annotations
 
+import torch
+
 from .base import CONSERVATIVE, Rule, arg, is_size, register_rule
 
 
-def _pooled(ctx, node, feature_ids: object) -> tuple:
-    """The output value of a pooling whose output carries ``feature_ids`` in dim 1 (None: no channels)."""
+def _pooled(ctx, node, feature_ids: object) -> tuple | list:
+    """The output value of a pooling whose output carries ``feature_ids`` in dim 1 (None: no channels); for
+    an op returning (output, argmax), as ``torch.ops.torchvision.roi_pool`` does, both carry them."""
     shape = ctx.shape(node)
-    return (None, feature_ids, *(None,) * (len(shape) - 2))
+    value = (None, feature_ids, *(None,) * (len(_first(shape)) - 2))
+    return [value] * len(shape) if isinstance(shape, list) else value
+
+
+def _first(shape: object) -> object:
+    return shape[0] if isinstance(shape, list) else shape
 
 
 class RoIPooling(Rule):
-    """``roi_align``/``roi_pool`` (function or ``RoIAlign``/``RoIPool`` module): ``(input, boxes, ...)``, input
-    ``(N, C, H, W)``."""
+    """``roi_align``/``roi_pool`` (function, ``RoIAlign``/``RoIPool`` module or torch op): ``(input, boxes or rois,
+    ...)``, input ``(N, C, H, W)``."""
 
     def propagate(self, ctx, node):
-        feature, boxes = arg(node, 0, "input"), arg(node, 1, "boxes")
-        value, shape = ctx.value(feature), ctx.shape(feature)
-        if not is_size(shape) or len(shape) != 4 or not is_size(ctx.shape(node)) or ctx.shape(node)[1] != shape[1]:
+        feature, boxes = arg(node, 0, "input"), node.args[1] if len(node.args) > 1 else node.kwargs.get(
+            "boxes", node.kwargs.get("rois"))
+        value, shape, out = ctx.value(feature), ctx.shape(feature), _first(ctx.shape(node))
+        if not is_size(shape) or len(shape) != 4 or not is_size(out) or out[1] != shape[1]:
             return CONSERVATIVE.propagate(ctx, node)
         ctx.block_value(ctx.value(boxes))
         if value is None:
@@ -66,3 +77,11 @@ for _name in ("torchvision.ops.roi_align.roi_align", "torchvision.ops.roi_pool.r
               "torchvision.ops.roi_align.RoIAlign", "torchvision.ops.roi_pool.RoIPool"):
     register_rule(_name, RoIPooling())
 register_rule("torchvision.ops.poolers.MultiScaleRoIAlign", MultiScaleRoIAlign())
+try:
+    import torchvision  # noqa: F401  (registers its ops with torch)
+except ImportError:  # pragma: no cover - torchvision is installed in development
+    pass
+else:
+    for _op in (torch.ops.torchvision.roi_align, torch.ops.torchvision.roi_pool):
+        register_rule(_op, RoIPooling())
+        register_rule(_op.default, RoIPooling())
