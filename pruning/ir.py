@@ -289,8 +289,10 @@ class PruningIR:
             the IR's ``'main'`` snapshot, so the model is only modified by ``prune(inplace=True)``.
         leaf_modules: module types or instances kept atomic in the graph. A leaf without a rule in
             :mod:`pruning.rules` is opaque: its inputs and outputs are unprunable.
-        soft_tracing: if True, submodules that cannot be traced become leaves (with a warning);
-            if False, tracing fails with a ``TracingError`` naming the submodule and the reason.
+        soft_tracing: if True, what cannot be traced becomes opaque, with a warning naming it: the
+            module-level function, else (in a module with parameters) the method of a helper object or
+            submodule, else the submodule (see :mod:`pruning.tracing.tracer`); if False, tracing fails
+            with a ``TracingError`` naming the submodule and the reason.
         example_input: optional tensor or tuple of positional inputs. The channel analysis needs
             one forward pass; with an example it runs now, without one on the first forward pass
             through the criterion (or ``ir.snapshot().analyze(*inputs)``). This argument is our
