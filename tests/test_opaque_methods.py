@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 from pruning import PruningIR
+from pruning.rules.helpers import names_read
 from pruning.verify import equivalence_error, perturb
 
 
@@ -223,3 +224,25 @@ def test_a_detector_traced_and_pruned_on_the_cpu_runs_on_cuda():
     assert len(on_cuda[0]["boxes"]) > 0 and on_cuda[0]["boxes"].device.type == "cuda"
     # (box order among near-equal scores may differ between devices: compare the best score)
     torch.testing.assert_close(on_cuda[0]["scores"].max().cpu(), on_cpu[0]["scores"].max(), rtol=1e-3, atol=1e-4)
+
+
+class ReadsThroughAProperty:
+    @property
+    def table(self):
+        return self.layer.weight
+
+    @classmethod
+    def unused(cls):
+        return None
+
+
+def test_names_read_follow_methods_properties_and_comprehensions():
+    class Holder(ReadsThroughAProperty):
+        def run(self, xs):
+            return [x @ self.table for x in xs] + [self.helper()]
+
+        def helper(self):
+            return self.other
+
+    names = names_read(Holder, "run")
+    assert {"layer", "weight", "other"} <= names and "unused" not in names

@@ -21,7 +21,8 @@ FIXED = Fixed()
 
 
 def names_read(cls: type, method: str) -> set[str]:
-    """Attribute names read by ``cls.method`` and by the methods of ``cls`` it names, transitively."""
+    """Attribute names read by ``cls.method`` and by the methods and properties of ``cls`` it names,
+    transitively."""
     names: set[str] = set()
     seen: set[str] = set()
     todo = [method]
@@ -30,8 +31,7 @@ def names_read(cls: type, method: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        function = inspect.getattr_static(cls, name, None)
-        function = getattr(function, "__func__", function)  # staticmethod, classmethod
+        function = _function(inspect.getattr_static(cls, name, None))
         codes = [getattr(inspect.unwrap(function), "__code__", None)] if callable(function) else []
         while codes:
             code = codes.pop()
@@ -39,8 +39,16 @@ def names_read(cls: type, method: str) -> set[str]:
                 continue
             names.update(code.co_names)
             codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]  # comprehensions, closures
-        todo += [n for n in names if n not in seen and callable(inspect.getattr_static(cls, n, None))]
+        todo += [n for n in names if n not in seen and callable(_function(inspect.getattr_static(cls, n, None)))]
     return names
+
+
+def _function(attribute: object) -> object:
+    """The function of a class attribute: a property's getter, a staticmethod's or classmethod's own, else the
+    attribute."""
+    if isinstance(attribute, property):
+        return attribute.fget
+    return getattr(attribute, "__func__", attribute)
 
 
 class HelperCall(Rule):
