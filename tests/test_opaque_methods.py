@@ -246,3 +246,27 @@ def test_names_read_follow_methods_properties_and_comprehensions():
 
     names = names_read(Holder, "run")
     assert {"layer", "weight", "other"} <= names and "unused" not in names
+
+
+def _padded(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """Reads only the layer's geometry (as transformers' ``apply_tf_padding``); a branch on values keeps it
+    opaque."""
+    pad = conv.kernel_size[0] // 2 if x.abs().sum() > 0 else 0
+    return nn.functional.pad(x, (pad, pad, pad, pad))
+
+
+class PadsForALayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.conv, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 6, 3), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.conv(_padded(torch.relu(self.a(x)), self.conv))))
+
+
+def test_a_submodule_given_to_an_opaque_call_that_reads_only_its_geometry_still_prunes():
+    model, x = perturb(PadsForALayer().eval()), torch.randn(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match="soft tracing: function .*_padded"):
+        ir = PruningIR(model, example_input=x)
+    assert [len(group) for group in ir.snapshot().groups] == [6]  # conv's outputs (its input enters _padded)
+    assert equivalence_error(ir, _half_of_each_group(ir), x, dtype=torch.float64) < 1e-12

@@ -142,6 +142,11 @@ class Context:
     def module(self, node: fx.Node) -> nn.Module:
         return self._modules[node.target]
 
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        """The traced model's modules by qualified name."""
+        return self._modules
+
     def attribute(self, node: fx.Node) -> Any:
         """What a ``get_attr`` node reads: a module, tensor or other attribute of the traced model."""
         if node.target in self._modules:

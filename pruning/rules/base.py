@@ -13,6 +13,8 @@ fallback for anything unknown is :class:`Conservative`: block every input channe
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import types
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -94,19 +96,53 @@ class Fixed(Rule):
 class Conservative(Fixed):
     """Unknown op (or a configuration a rule does not handle): as :class:`Fixed`, and reported in
     ``Snapshot.opaque_ops``. A submodule passed to it (read by ``get_attr``: a soft-traced function given
-    ``self.layer``) keeps all its channels, since the op may run it on anything."""
+    ``self.layer``) keeps the channels of what the op reads of it (:func:`keep_modules_in`)."""
 
     def propagate(self, ctx: "Context", node: fx.Node) -> Any:
         ctx.report_opaque(node)
-        keep_modules_in(ctx, (node.args, node.kwargs))
+        keep_read(ctx, node, (node.args, node.kwargs), names_in_code(node.target))
         return super().propagate(ctx, node)
 
 
-def keep_modules_in(ctx: "Context", args: Any) -> None:
-    """Keep every channel of the modules among ``args`` (``get_attr`` nodes of submodules)."""
+def keep_read(ctx: "Context", node: fx.Node, args: Any, names: set[str]) -> None:
+    """Keep the channels of the model's parameters, buffers and submodules that an opaque call reads: those
+    the shape pass saw it read (``module.name`` through ``nn.Module.__getattr__``, recorded in
+    ``node.meta["pruning_module_reads"]``; running a module reads its weights), and, of the submodules among
+    ``args`` (``get_attr`` nodes), the members named in ``names``, the attribute names its code reads (for
+    branches the example did not take). Without a record, every submodule among ``args`` keeps all."""
+    reads = node.meta.get("pruning_module_reads")
+    for path in reads or ():
+        owner, _, name = path.rpartition(".")
+        if owner in ctx.modules:
+            held = ctx.modules[owner]
+            if name in held._modules:
+                ctx.keep_tensors_of(held._modules[name])
+            elif name in held._parameters or name in held._buffers:
+                ctx.keep_tensors_of(held, name)
     for a in flatten_args([args]):
         if isinstance(a, fx.Node) and a.op == "get_attr" and isinstance(held := ctx.attribute(a), nn.Module):
-            ctx.keep_tensors_of(held)
+            if reads is None:
+                ctx.keep_tensors_of(held)
+                continue
+            for name in names & {*held._modules, *held._parameters, *held._buffers}:
+                if name in held._modules:
+                    ctx.keep_tensors_of(held._modules[name])
+                else:
+                    ctx.keep_tensors_of(held, name)
+
+
+def names_in_code(function: Any) -> set[str]:
+    """Attribute and global names read by a function's code and the code nested in it (comprehensions,
+    closures); empty for what has no Python code."""
+    names: set[str] = set()
+    codes = [getattr(inspect.unwrap(function), "__code__", None)] if callable(function) else []
+    while codes:
+        code = codes.pop()
+        if code is None:
+            continue
+        names.update(code.co_names)
+        codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return names
 
 
 class Container(Fixed):

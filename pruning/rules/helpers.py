@@ -5,8 +5,10 @@ Like any op without a rule, the call keeps the channels that enter it. It may al
 not its arguments: the holder's own parameters, or submodules it calls. Those are found by name: every
 attribute name the method's code reads, and the code of the holder's methods it names, in turn; a
 submodule, parameter or buffer so named keeps all its channels, so pruning never changes what the method
-computes. An attribute reached by a computed name (``getattr(self, name)``) is not seen: such a method
-that reads submodules must be traceable, or the holder a leaf module.
+computes. The shape pass also records what the call reads on the example (``module.name`` of a parameter,
+buffer or submodule), which those keep too. An attribute reached by a computed name (``getattr(self,
+name)``) on a branch the example did not take is not seen: such a method must be traceable, or the holder
+a leaf module.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import types
 
 from torch import nn
 
-from .base import Fixed, Rule, keep_modules_in, register_rule
+from .base import Fixed, Rule, keep_read, register_rule
 
 FIXED = Fixed()
 
@@ -53,23 +55,18 @@ def _function(attribute: object) -> object:
 
 class HelperCall(Rule):
     """``helper_call(holder, method, *args)``: opaque; keeps its arguments' channels and those of the modules
-    and tensors its method reads by name (see the module docstring)."""
+    and tensors its method reads (see the module docstring)."""
 
     def propagate(self, ctx, node):
         holder_node, method = node.args[0], node.args[1]
         holder = ctx.attribute(holder_node) if getattr(holder_node, "op", None) == "get_attr" else None
-        if holder is not None:
-            for name in names_read(type(holder), method):
-                if isinstance(holder, nn.Module):
-                    value = holder._modules.get(name, holder._parameters.get(name, holder._buffers.get(name)))
-                else:
-                    value = vars(holder).get(name)
-                if isinstance(value, nn.Module):
+        names = names_read(type(holder), method) if holder is not None else set()
+        if holder is not None and not isinstance(holder, nn.Module):  # the modules a helper object holds
+            for name in names:
+                if isinstance(value := vars(holder).get(name), nn.Module):
                     ctx.keep_tensors_of(value)
-                elif value is not None and isinstance(holder, nn.Module):
-                    ctx.keep_tensors_of(holder, name)  # its own parameter or buffer
         ctx.report_opaque(node)
-        keep_modules_in(ctx, (node.args[2:], node.kwargs))
+        keep_read(ctx, node, (node.args, node.kwargs), names)
         return FIXED.propagate(ctx, node)
 
 

@@ -590,6 +590,11 @@ class GetItem(Rule):
             if isinstance(value, list) and isinstance(index, (int, slice)):
                 return value[index]
             return None
+        items = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, fx.Node) and not is_size(i.meta.get("pruning_shape")) and "pruning_int" not in i.meta
+               for i in items):  # computed slices or index tuples (Funnel's pooling): what they take is unknown
+            ctx.block_value(value)
+            return ctx.untracked(ctx.shape(node))
         out: list[Any] = []
         for kind, d, item in _index_items(index, len(shape), ctx):
             ids = value[d] if d is not None else None
@@ -655,7 +660,7 @@ def _index_items(index, ndim: int, ctx):
             full = item.start is None and item.stop is None and item.step in (None, 1)
             yield ("keep" if full else "slice"), d, item
             d += 1
-        elif isinstance(item, int) or (isinstance(item, fx.Node) and not is_size(item.meta.get("pruning_shape"))):
+        elif isinstance(item, int) or (isinstance(item, fx.Node) and "pruning_int" in item.meta):
             yield "int", d, item
             d += 1
         else:

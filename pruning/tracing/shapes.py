@@ -1,11 +1,13 @@
 """Record the shape of every value in a traced graph with one forward pass."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.utils import _pytree as pytree
 
 from ..channels.propagation import get_tensor
 from ..rules.base import CONSERVATIVE, FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Rule
@@ -123,10 +125,38 @@ def evaluate(node: fx.Node, env: dict[fx.Node, Any], root: nn.Module, modules: d
         return _call_module(modules[node.target], args, kwargs, fake)
     if fake and (shaped := _call_shape(node, args, kwargs)) is not None:
         return shaped
+    with module_reads() as reads:  # the model's tensors and submodules the call uses (rules.base.keep_read)
+        value = _call(node, args, kwargs)
+    paths = {id(m): path for path, m in modules.items()} if reads else {}
+    node.meta["pruning_module_reads"] = sorted({f"{paths[id(m)]}.{name}".lstrip(".") for m, name in reads
+                                                if id(m) in paths})
+    return value
+
+
+def _call(node: fx.Node, args: tuple, kwargs: dict) -> Any:
     if node.op == "call_function":
         return node.target(*_materialize(args), **_materialize(kwargs))
     obj, *rest = _materialize(args)
     return getattr(obj, node.target)(*rest, **_materialize(kwargs))
+
+
+@contextlib.contextmanager
+def module_reads() -> Iterator[list[tuple[nn.Module, str]]]:
+    """The parameters, buffers and submodules read through ``module.name`` for the duration, as (module,
+    name): ``nn.Module.__getattr__`` serves exactly those (other attributes are found without it)."""
+    reads: list[tuple[nn.Module, str]] = []
+    original = nn.Module.__getattr__
+
+    def __getattr__(module: nn.Module, name: str) -> Any:
+        value = original(module, name)
+        reads.append((module, name))
+        return value
+
+    nn.Module.__getattr__ = __getattr__
+    try:
+        yield reads
+    finally:
+        nn.Module.__getattr__ = original
 
 
 def _call_shape(node: fx.Node, args: tuple, kwargs: dict) -> "_Shaped | None":
