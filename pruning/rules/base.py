@@ -96,7 +96,7 @@ class Fixed(Rule):
 class Conservative(Fixed):
     """Unknown op (or a configuration a rule does not handle): as :class:`Fixed`, and reported in
     ``Snapshot.opaque_ops``. A submodule passed to it (read by ``get_attr``: a soft-traced function given
-    ``self.layer``) keeps the channels of what the op reads of it (:func:`keep_modules_in`)."""
+    ``self.layer``) keeps the channels of what the op reads of it (:func:`keep_read`)."""
 
     def propagate(self, ctx: "Context", node: fx.Node) -> Any:
         ctx.report_opaque(node)

@@ -83,7 +83,8 @@ class PatchMergingPad(Rule):
 
 
 register_rule(pruned_shifted_window_attention, ShiftedWindowAttention())
-register_rule(pruned_shifted_window_attention_3d, ShiftedWindowAttention(pruned_shifted_window_attention_3d, cosine=False))
+register_rule(pruned_shifted_window_attention_3d,
+              ShiftedWindowAttention(pruned_shifted_window_attention_3d, cosine=False))
 try:
     from torchvision.models import swin_transformer
 except ImportError:  # pragma: no cover - torchvision is installed in development

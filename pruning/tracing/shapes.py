@@ -7,7 +7,6 @@ from typing import Any, Iterator
 import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-from torch.utils import _pytree as pytree
 
 from ..channels.propagation import get_tensor
 from ..rules.base import CONSERVATIVE, FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Rule

@@ -127,9 +127,9 @@ class SizeOracle:
         with _maybe_revert_all_patches(), eval_mode(self.root), self._as_before():
             for current in self.graph.nodes:
                 if current not in self._data_dependent:
-                    self._data_dependent[current] = not _rank_or_dtype(current) and any(
-                        self._data_dependent.get(n, False)
-                                                        for n in current.all_input_nodes) or self._refused(current)
+                    self._data_dependent[current] = not _rank_or_dtype(current) and (
+                        any(self._data_dependent.get(n, False) for n in current.all_input_nodes)
+                        or self._refused(current))
                 if current is node:
                     break
         return self._data_dependent[node]
