@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from pruning import PruningIR
-from pruning.pruned_modules import pruned_shifted_window_attention, pruned_shifted_window_attention_3d
+from pruning.pruned_modules import (
+    pruned_shifted_window_attention,
+    pruned_shifted_window_attention_3d,
+)
 from pruning.verify import equivalence_error, perturb
 
 swin = pytest.importorskip("torchvision.models.swin_transformer")

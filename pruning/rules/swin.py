@@ -3,11 +3,14 @@ attention (2-D, and Video Swin's 3-D) and patch merging's padding (registered on
 installed)."""
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Callable
 
-from ..pruned_modules import pruned_shifted_window_attention, pruned_shifted_window_attention_3d
+import numpy as np
+
+from ..pruned_modules import (
+    pruned_shifted_window_attention,
+    pruned_shifted_window_attention_3d,
+)
 from .base import CONSERVATIVE, Fixed, Rule, arg, register_rule
 from .common import packed_heads
 from .tensor_ops import _contract
