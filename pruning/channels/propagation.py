@@ -105,6 +105,7 @@ class Context:
         self._flow: list[np.ndarray] = []
         self._opaque: list[str] = []
         self._modules = dict(root.named_modules(remove_duplicate=False))
+        self._paths: dict[int, str] | None = None  # module id -> qualified name, made when needed
         known = named_tensors(self._modules)
         self._tensor = tensor_lookup(root, known=known)
         self._alias = tensor_aliases(known)
@@ -189,8 +190,9 @@ class Context:
     def keep_tensors_of(self, module: nn.Module, name: str | None = None) -> None:
         """Block every dim of ``module``'s parameter or buffer ``name``, or of all those of ``module`` and its
         submodules (an opaque call reads them), wherever the graph uses them."""
-        paths = {id(m): path for path, m in self._modules.items()}
-        prefix = paths.get(id(module), "")
+        if self._paths is None:
+            self._paths = {id(m): path for path, m in self._modules.items()}
+        prefix = self._paths.get(id(module), "")
         owners = [(prefix, module)] if name else module.named_modules(prefix=prefix)
         for prefix, owner in owners:
             for table in (owner._parameters, owner._buffers):

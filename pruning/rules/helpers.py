@@ -13,11 +13,10 @@ a leaf module.
 from __future__ import annotations
 
 import inspect
-import types
 
 from torch import nn
 
-from .base import Fixed, Rule, keep_read, register_rule
+from .base import Fixed, Rule, keep_read, names_in_code, register_rule
 
 FIXED = Fixed()
 
@@ -33,14 +32,7 @@ def names_read(cls: type, method: str) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        function = _function(inspect.getattr_static(cls, name, None))
-        codes = [getattr(inspect.unwrap(function), "__code__", None)] if callable(function) else []
-        while codes:
-            code = codes.pop()
-            if code is None:
-                continue
-            names.update(code.co_names)
-            codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]  # comprehensions, closures
+        names |= names_in_code(_function(inspect.getattr_static(cls, name, None)))
         todo += [n for n in names if n not in seen and callable(_function(inspect.getattr_static(cls, n, None)))]
     return names
 
