@@ -9,7 +9,8 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from ..channels.propagation import get_tensor
-from ..rules.base import CONSERVATIVE, FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Rule
+from ..rules.base import CONSERVATIVE, FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Rule, registered
+from .recorded import helper_call
 from .state import evaluated
 
 
@@ -124,7 +125,11 @@ def evaluate(node: fx.Node, env: dict[fx.Node, Any], root: nn.Module, modules: d
         return _call_module(modules[node.target], args, kwargs, fake)
     if fake and (shaped := _call_shape(node, args, kwargs)) is not None:
         return shaped
-    with module_reads() as reads:  # the model's tensors and submodules the call uses (rules.base.keep_read)
+    if registered(node, None) is not None and node.target is not helper_call:
+        return _call(node, args, kwargs)
+    # An opaque call: the model's tensors and submodules it uses (rules.base.keep_read). Only here: replacing
+    # nn.Module.__getattr__ invalidates the attribute caches of every module class (about 0.1 ms).
+    with module_reads() as reads:
         value = _call(node, args, kwargs)
     paths = {id(m): path for path, m in modules.items()} if reads else {}
     node.meta["pruning_module_reads"] = sorted({f"{paths[id(m)]}.{name}".lstrip(".") for m, name in reads
