@@ -114,21 +114,22 @@ def keep_read(ctx: "Context", node: fx.Node, args: Any, names: set[str]) -> None
     for path in reads or ():
         owner, _, name = path.rpartition(".")
         if owner in ctx.modules:
-            held = ctx.modules[owner]
-            if name in held._modules:
-                ctx.keep_tensors_of(held._modules[name])
-            elif name in held._parameters or name in held._buffers:
-                ctx.keep_tensors_of(held, name)
+            _keep_member(ctx, ctx.modules[owner], name)
     for a in flatten_args([args]):
         if isinstance(a, fx.Node) and a.op == "get_attr" and isinstance(held := ctx.attribute(a), nn.Module):
             if reads is None:
                 ctx.keep_tensors_of(held)
                 continue
-            for name in names & {*held._modules, *held._parameters, *held._buffers}:
-                if name in held._modules:
-                    ctx.keep_tensors_of(held._modules[name])
-                else:
-                    ctx.keep_tensors_of(held, name)
+            for name in names:
+                _keep_member(ctx, held, name)
+
+
+def _keep_member(ctx: "Context", module: nn.Module, name: str) -> None:
+    """Keep the channels of ``module``'s submodule, parameter or buffer ``name`` (nothing for another name)."""
+    if name in module._modules:
+        ctx.keep_tensors_of(module._modules[name])
+    elif name in module._parameters or name in module._buffers:
+        ctx.keep_tensors_of(module, name)
 
 
 def names_in_code(function: Any) -> set[str]:

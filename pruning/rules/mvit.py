@@ -20,7 +20,7 @@ class Unsqueeze(Rule):
 
     def propagate(self, ctx, node):
         x, target, expand = node.args[0], _int(arg(node, 1, "target_dim")), _int(arg(node, 2, "expand_dim"))
-        value, shape = ctx.value(node.args[0]), ctx.shape(x)
+        value, shape = ctx.value(x), ctx.shape(x)
         if value is None or not is_size(shape) or target is None or expand is None:
             return CONSERVATIVE.propagate(ctx, node)
         if len(shape) == target - 1:

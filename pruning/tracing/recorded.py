@@ -46,6 +46,11 @@ from torch.utils import _pytree as pytree
 FACTORY_NAMES = ("ones", "zeros", "empty", "rand", "randn", "randint", "tensor", "finfo", "iinfo")
 
 
+def first_proxy(args: tuple, kwargs: dict) -> fx.Proxy | None:
+    """The first traced value among a call's (nested) arguments, or None."""
+    return next((a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
+
+
 def recording(original: Callable, wrapped: bool = False) -> Callable:
     """``original``, recording its call as one graph op (with ``original`` as the target) when a Proxy is
     among its arguments, and calling it otherwise. ``wrapped``: mark the node as fx marks its own leaf
@@ -53,7 +58,7 @@ def recording(original: Callable, wrapped: bool = False) -> Callable:
     the GraphModule (for functions no trace records by itself: soft tracing's leaf functions)."""
     @functools.wraps(original, updated=())  # not a class's namespace (torch.finfo)
     def record(*args: Any, **kwargs: Any) -> Any:
-        proxy = next((a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
+        proxy = first_proxy(args, kwargs)
         if proxy is None:
             return original(*args, **kwargs)
         output = proxy.tracer.create_proxy("call_function", original, args, kwargs)

@@ -31,11 +31,10 @@ import numpy as np
 import torch
 from torch import fx, nn
 from torch.fx._symbolic_trace import _assert_is_none
-from torch.utils import _pytree as pytree
 
 from ..rules.base import function_rule, module_rule
 from .composites import TRACED_FORWARDS
-from .recorded import helper_call, recorded_calls, recording
+from .recorded import first_proxy, helper_call, recorded_calls, recording
 from .shapes import shape_of
 from .sizes import GUARD_FUNCTIONS, SizeOracle, negated, size_count
 from .state import SavedAttributes, unchanged_attributes
@@ -331,7 +330,7 @@ def _recorded_methods(methods: Iterable[tuple[Any, str]]) -> Iterator[None]:
 
         @functools.wraps(bound)
         def record(*args: Any, **kwargs: Any) -> Any:
-            proxy = next((a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
+            proxy = first_proxy(args, kwargs)
             if proxy is None or not isinstance(proxy.tracer, _Tracer):
                 return bound(*args, **kwargs)
             return proxy.tracer.helper_method(holder, name, args, kwargs)
