@@ -1,25 +1,43 @@
-"""Mean compensation: fold the calibration mean of removed input channels into the consumer's bias.
+"""Compensation: make up, in the layers that lose input channels, for what the removed channels carried.
 
 Removing input channel ``c`` of a layer that is affine in its input (convolution, linear) sets ``x_c``
-to zero, so its average contribution ``W[:, c] * mean(x_c)`` goes missing from every output: the next
-activations shift and the normalisation statistics after them no longer fit. Pruning with compensation
-replaces ``x_c`` by its calibration mean instead::
+to zero, so its contribution ``W[:, c] * x_c`` goes missing from every output: the next activations shift
+and the normalisation statistics after them no longer fit. Two ways to replace ``x_c`` by what the
+calibration data predicts for it:
 
-    y = W_kept x_kept + (b + sum over removed c of W[:, c] * mean_c)
+- **mean** (``snapshot.input_means``, recorded by every criterion): ``x_c`` becomes its calibration mean::
 
-For a channel that is constant on the data (a dead ReLU unit with a positive bias, say) this is exact;
-otherwise it removes the mean part of the error and leaves the part that varies around it. A
-convolution applies the full kernel sum, exact away from zero-padded borders. Where a layer without a bias
-feeds only a BatchNorm, the shift goes into that norm's running mean (no new parameter); any other layer
-without a bias gets one (``pruning.replay`` records which).
+      y = W_kept x_kept + (b + sum over removed c of W[:, c] * mean_c)
 
-The means are recorded by :class:`pruning.LossAwareCriterion` during calibration (``InputMeans``), over
-every call of each layer in the mode the model is calibrated in (a layer called several times gets one
-mean over all calls), and kept in ``snapshot.input_means``. Which layers take part is the op rules'
-knowledge (``Rule.input_channel_dim``/``Rule.output_shift``).
+  exact for a channel that is constant on the data (a dead ReLU unit with a positive bias, say); otherwise
+  it removes the mean part of the error and leaves the part that varies around it.
+- **regression** (also ``snapshot.input_covariances``, recorded with ``input_covariance=True``): the
+  removed channels ``x_R`` become their least-squares prediction from the kept ones at the same position,
+  ``x_R ~ A x_K + c`` with ``A = cov(R, K) (cov(K, K) + ridge I)^-1`` and ``c = mean_R - A mean_K``, so::
+
+      y = (W_K + W_R A) x_K + (b + W_R c)
+
+  the kept weights absorb the part of the removed channels that the kept ones explain (a removed channel
+  that copies or mixes kept ones is restored exactly, up to the ridge), and the bias takes the rest of the
+  mean. It minimises the layer's output error on the calibration data over every choice of new weights of
+  this form (the classic channel-pruning reconstruction, He et al. 2017, in closed form, one layer at a
+  time on the unpruned model's inputs). ``ridge`` is ``RIDGE`` times the mean kept variance: it keeps ``A``
+  finite where kept channels are (nearly) collinear or dead. Layers that cannot mix their inputs (grouped
+  convolutions) or whose weight is tied to another tensor (a language model's head tied to its embedding)
+  get the mean instead.
+
+A convolution applies the substitution at every position of its kernel, exact away from zero-padded
+borders. Where a layer without a bias feeds only a BatchNorm, the bias change goes into that norm's running
+mean (no new parameter); any other layer without a bias gets one (``pruning.replay`` records which).
+
+The statistics are recorded by the criteria (:class:`InputStatistics`) during calibration, over every call
+of each layer in the mode the model is calibrated in (a layer called several times gets one mean and one
+covariance over all calls). Which layers take part is the op rules' knowledge
+(``Rule.input_channel_dim``/``output_shift``/``mixes_inputs``/``mixed_weight``).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,29 +68,39 @@ def _compensable(snapshot: "Snapshot") -> list[tuple[fx.Node, nn.Module, Any, in
     return found
 
 
-class InputMeans:
-    """Sums of every input channel of the snapshot's compensable layers, over the forward passes made
-    between :meth:`attach` and :meth:`detach` (forward pre-hooks; no gradient is involved)."""
+class InputStatistics:
+    """Sums of every input channel of the snapshot's compensable layers, and with ``covariance`` the sums of
+    their products (``x^T x`` over every position) where the layer can mix its inputs, over the forward
+    passes made between :meth:`attach` and :meth:`detach` (forward pre-hooks; no gradient is involved).
 
-    def __init__(self, snapshot: "Snapshot") -> None:
+    The products cost about one 1x1 convolution from a layer's inputs to as many outputs per call, and
+    ``8 * in_channels^2`` bytes per layer (float64): 32 MiB for a 2048-channel layer."""
+
+    def __init__(self, snapshot: "Snapshot", covariance: bool = False) -> None:
         shapes = snapshot.analysis.shapes
-        #: (target, module, rule, input channels) per layer, in graph order (the same on every rank)
-        self.layers = [(node.target, module, rule, shapes[node.args[0].name][dim])
+        uses: dict[int, int] = {}
+        for _, param in snapshot._root.named_parameters(remove_duplicate=False):
+            uses[id(param)] = uses.get(id(param), 0) + 1
+        #: (target, module, rule, input channels, products recorded) per layer, in graph order (the same on
+        #: every rank)
+        self.layers = [(node.target, module, rule, shapes[node.args[0].name][dim],
+                        covariance and rule.mixes_inputs(module) and uses.get(id(module.weight)) == 1)
                        for node, module, rule, dim in _compensable(snapshot)]
         self.sums: dict[str, torch.Tensor] = {}
+        self.products: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def attach(self) -> None:
-        for target, module, rule, _ in self.layers:
-            self._handles.append(module.register_forward_pre_hook(self._make_hook(target, rule)))
+        for target, module, rule, _, products in self.layers:
+            self._handles.append(module.register_forward_pre_hook(self._make_hook(target, rule, products)))
 
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
 
-    def _make_hook(self, target: str, rule: Any):
+    def _make_hook(self, target: str, rule: Any, products: bool):
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0] if args else None
             if not isinstance(x, torch.Tensor):
@@ -81,54 +109,127 @@ class InputMeans:
             with torch.no_grad():
                 # summed in float32 at least (float64 would cost ~8% of a resnet50 calibration step on CPU),
                 # accumulated over batches in float64
+                x = x.detach()
                 low = x.dtype in (torch.float16, torch.bfloat16)
-                sums = x.detach().sum(dim=[d for d in range(x.dim()) if d != dim],
-                                      dtype=torch.float32 if low else None).double()
-            self.sums[target] = sums if target not in self.sums else self.sums[target] + sums.to(self.sums[target])
+                sums = x.sum(dim=[d for d in range(x.dim()) if d != dim], dtype=torch.float32 if low else None)
+                self._add(self.sums, target, sums.double())
+                if products:
+                    rows = x.movedim(dim, -1).reshape(-1, x.shape[dim])
+                    rows = rows.float() if low else rows
+                    self._add(self.products, target, (rows.T @ rows).double())
             self.counts[target] = self.counts.get(target, 0) + x.numel() // max(x.shape[dim], 1)
 
         return hook
 
-    def flat(self, device: torch.device) -> torch.Tensor:
-        """Sums of every layer (zeros for one not called) then the counts, in one float64 vector: what
-        a distributed run all-reduces."""
-        parts = [self.sums[t].to(device) if t in self.sums else torch.zeros(n, dtype=torch.float64, device=device)
-                 for t, _, _, n in self.layers]
-        counts = torch.tensor([float(self.counts.get(t, 0)) for t, _, _, _ in self.layers], dtype=torch.float64,
-                              device=device)
-        return torch.cat(parts + [counts])
+    @staticmethod
+    def _add(totals: dict[str, torch.Tensor], target: str, value: torch.Tensor) -> None:
+        totals[target] = value if target not in totals else totals[target] + value.to(totals[target])
 
-    def means(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per layer target: the mean of each input channel (float64, CPU), from a :meth:`flat` vector
-        (possibly summed over ranks); layers never called are left out."""
+    def flat(self, device: torch.device) -> torch.Tensor:
+        """Sums of every layer (zeros for one not called), then the products, then the counts, in one
+        float64 vector: what a distributed run all-reduces."""
+        def part(totals: dict[str, torch.Tensor], target: str, size: int) -> torch.Tensor:
+            return (totals[target].flatten().to(device) if target in totals
+                    else torch.zeros(size, dtype=torch.float64, device=device))
+
+        sums = [part(self.sums, t, n) for t, _, _, n, _ in self.layers]
+        products = [part(self.products, t, n * n) for t, _, _, n, p in self.layers if p]
+        counts = torch.tensor([float(self.counts.get(t, 0)) for t, _, _, _, _ in self.layers], dtype=torch.float64,
+                              device=device)
+        return torch.cat(sums + products + [counts])
+
+    def statistics(self, flat: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Per layer target, from a :meth:`flat` vector (possibly summed over ranks): the mean of each input
+        channel, and where products were recorded the channels' covariance matrix (both float64, CPU);
+        layers never called are left out."""
         flat = flat.cpu()
         counts = flat[len(flat) - len(self.layers):].tolist()
-        out, start = {}, 0
-        for (target, _, _, channels), count in zip(self.layers, counts):
+        means, covariances, start = {}, {}, 0
+        for (target, _, _, channels, _), count in zip(self.layers, counts):
             if count > 0:
-                out[target] = flat[start:start + channels] / count
+                means[target] = flat[start:start + channels] / count
             start += channels
-        return out
+        for (target, _, _, channels, products), count in zip(self.layers, counts):
+            if not products:
+                continue
+            if count > 0:
+                mean = means[target]
+                covariances[target] = (flat[start:start + channels * channels].view(channels, channels) / count
+                                       - torch.outer(mean, mean))
+            start += channels * channels
+        return means, covariances
 
 
-def plan(snapshot: "Snapshot", keep_label: np.ndarray) -> list[tuple[str, str, torch.Tensor]]:
-    """What compensation adds where, once the model is sliced: ``(module target, attribute, value over the
-    kept output channels)`` for each layer that loses input channels.
+#: ridge of the regression, relative to the mean variance of the kept channels
+RIDGE = 1e-3
+#: what ``ir.prune(compensate=...)`` takes besides True/False/None
+METHODS = ("mean", "regression")
 
-    The attribute is the layer's ``bias``, except where the layer has none and its output goes only into a
-    BatchNorm (each called once): that norm's ``running_mean`` takes the shift instead (subtracted, which is
-    the same in eval mode; in train mode a BatchNorm removes any constant shift anyway), so the pruned model
-    gets no new parameter and no extra add.
+
+@dataclasses.dataclass
+class Compensation:
+    """What :func:`plan` changes: ``shifts`` are ``(module target, attribute, value over the kept output
+    channels)`` added once the model is sliced (a ``bias``, or a BatchNorm's ``running_mean``); ``weights``
+    are new values of whole (unsliced) weights by parameter name, sliced in place of the old ones."""
+
+    shifts: list[tuple[str, str, torch.Tensor]]
+    weights: dict[str, torch.Tensor]
+
+
+def method(snapshot: "Snapshot", compensate: bool | str | None) -> str | None:
+    """The compensation ``ir.prune(compensate=...)`` asks for on ``snapshot``: ``None`` (the default) picks
+    the best the snapshot's statistics allow (regression with covariances, else mean with means, else
+    none); ``True`` the same, but a snapshot without means is an error; ``False`` none; ``"mean"`` or
+    ``"regression"`` that one (regression needs the covariances)."""
+    if compensate is None or compensate is True:
+        if snapshot.input_covariances:
+            return "regression"
+        if snapshot.input_means is not None:
+            return "mean"
+        if compensate is None:
+            return None
+        raise ValueError(
+            f"snapshot {snapshot.name!r} has no calibration means to compensate with: calibrate with "
+            "LossAwareCriterion (or call a MagnitudeCriterion on inputs) first, or prune with compensate=False")
+    if compensate is False:
+        return None
+    if compensate not in METHODS:
+        raise ValueError(f"compensate must be None, True, False, 'mean' or 'regression', got {compensate!r}")
+    if compensate == "regression" and not snapshot.input_covariances:
+        raise ValueError(
+            f"compensate='regression' needs the input covariances of snapshot {snapshot.name!r}: calibrate with "
+            "LossAwareCriterion(ir, input_covariance=True) (or MagnitudeCriterion(ir, input_covariance=True) "
+            "called on inputs), or prune with compensate='mean'")
+    return compensate
+
+
+def regression(covariance: torch.Tensor, kept: np.ndarray, removed: np.ndarray) -> torch.Tensor:
+    """``A`` (removed x kept): the ridge least-squares prediction of the removed channels from the kept ones,
+    from their ``covariance`` (float64)."""
+    kk = covariance[np.ix_(kept, kept)]
+    ridge = RIDGE * kk.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny) if len(kept) else 0.0
+    return torch.linalg.solve(kk + ridge * torch.eye(len(kept), dtype=kk.dtype), covariance[np.ix_(kept, removed)]).T
+
+
+def plan(snapshot: "Snapshot", keep_label: np.ndarray, how: str = "mean") -> Compensation:
+    """What compensation (``how``: ``"mean"`` or ``"regression"``, see the module docstring) changes in each
+    layer that loses input channels, computed from the unpruned weights.
+
+    A bias change goes to the layer's ``bias``, except where the layer has none and its output goes only into
+    a BatchNorm (each called once): that norm's ``running_mean`` takes it instead (subtracted, which is the
+    same in eval mode; in train mode a BatchNorm removes any constant shift anyway), so the pruned model gets
+    no new parameter and no extra add.
     """
     analysis = snapshot.analysis
     keep_id = keep_label[analysis.label_of_id]
     means = snapshot.input_means
+    covariances = (snapshot.input_covariances or {}) if how == "regression" else {}
     modules = dict(snapshot._root.named_modules())
     calls: dict[str, int] = {}
     for node in snapshot.graph.nodes:
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
-    out = []
+    out = Compensation([], {})
     for node, module, rule, dim in _compensable(snapshot):
         in_ids = analysis.node_ids.get(node.args[0].name) or ()
         in_ids = in_ids[dim] if len(in_ids) > dim else None
@@ -139,14 +240,23 @@ def plan(snapshot: "Snapshot", keep_label: np.ndarray) -> list[tuple[str, str, t
                 f"layer '{node.target}' loses input channels but snapshot {snapshot.name!r} has no calibration "
                 "mean for its inputs: calibrate with LossAwareCriterion (or call a MagnitudeCriterion on "
                 "inputs) first, or prune with compensate=False")
-        removed = torch.from_numpy(~keep_id[in_ids])
-        shift = rule.output_shift(module, means[node.target] * removed)
+        removed = ~keep_id[in_ids]
+        constant = means[node.target] * torch.from_numpy(removed)
+        if node.target in covariances:
+            kept, gone = np.flatnonzero(~removed), np.flatnonzero(removed)
+            predict = regression(covariances[node.target], kept, gone)
+            mix = torch.eye(len(removed), dtype=torch.float64)
+            mix[gone] = 0.0
+            mix[np.ix_(gone, kept)] = predict
+            out.weights[f"{node.target}.weight"] = rule.mixed_weight(module, mix)
+            constant[gone] = means[node.target][gone] - predict @ means[node.target][kept]
+        shift = rule.output_shift(module, constant)
         out_ids = analysis.node_ids.get(node.name) or ()
         out_ids = out_ids[dim] if len(out_ids) > dim else None
         if out_ids is not None:
             shift = shift[torch.from_numpy(keep_id[out_ids])]
         norm = _sole_batchnorm(node, dim, modules, calls) if module.bias is None else None
-        out.append((node.target, "bias", shift) if norm is None else (norm, "running_mean", -shift))
+        out.shifts.append((node.target, "bias", shift) if norm is None else (norm, "running_mean", -shift))
     return out
 
 
@@ -164,11 +274,11 @@ def _sole_batchnorm(node: fx.Node, dim: int, modules: dict[str, nn.Module], call
     return user.target
 
 
-def apply(plan: list[tuple[str, str, torch.Tensor]], module_of) -> None:
-    """Add a :func:`plan`'s values to the sliced modules (``module_of(target)``); a layer without a bias
+def apply(shifts: list[tuple[str, str, torch.Tensor]], module_of) -> None:
+    """Add a :func:`plan`'s shifts to the sliced modules (``module_of(target)``); a layer without a bias
     that is planned one gets it."""
     with torch.no_grad():
-        for target, attribute, value in plan:
+        for target, attribute, value in shifts:
             module = module_of(target)
             if attribute == "bias":
                 add_to_bias(module, value)

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from .compensation import InputMeans
+from .compensation import InputStatistics
 
 __all__ = ["LossAwareCriterion"]
 
@@ -50,16 +50,25 @@ class _Site:
 
 class Collector:
     """What every criterion shares: a context manager that runs the snapshot's model, records the input
-    means of its compensable layers (:mod:`pruning.compensation`) and, under ``torch.distributed``, sums
-    what it recorded over the ranks on exit. Subclasses add their hooks and set ``snapshot.scores``."""
+    means (and with ``input_covariance`` the input covariances) of its compensable layers
+    (:mod:`pruning.compensation`) and, under ``torch.distributed``, sums what it recorded over the ranks on
+    exit. Subclasses add their hooks and set ``snapshot.scores``.
 
-    def __init__(self, ir: Any, snapshot_name: str = "main") -> None:
+    ``input_covariance=True`` (beyond the vendor API) also records, per convolution and linear layer that
+    can mix its inputs, the covariance of its input channels, which ``ir.prune`` then uses for regression
+    compensation: the pruned model starts much closer to the original (measured in the README). It costs
+    about one extra 1x1 convolution per layer per calibration forward and ``8 * in_channels^2`` bytes per
+    layer, kept in the snapshot (and in a saved IR): off by default for that reason (a 7B language model's
+    layers would need tens of GiB)."""
+
+    def __init__(self, ir: Any, snapshot_name: str = "main", *, input_covariance: bool = False) -> None:
         self.ir = ir
         self.snapshot_name = snapshot_name
+        self.input_covariance = input_covariance
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._active = False
         self._hooked = False
-        self._means: InputMeans | None = None
+        self._means: InputStatistics | None = None
 
     def __enter__(self) -> "Collector":
         if self._active:
@@ -107,12 +116,19 @@ class Collector:
         raise NotImplementedError
 
     def _register_hooks(self) -> None:
-        self._means = InputMeans(self.snapshot)
+        self._means = InputStatistics(self.snapshot, covariance=self.input_covariance)
         self._means.attach()
         self._hooked = True
 
+    def _store_statistics(self, flat: torch.Tensor) -> None:
+        """Set the snapshot's input means and covariances from :meth:`_reduce`'s sums (``None`` where none
+        were recorded: a recalibration without covariances drops those of an earlier one)."""
+        means, covariances = self._means.statistics(flat)
+        self.snapshot.input_means = means
+        self.snapshot.input_covariances = covariances or None
+
     def _reduce(self, head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``head`` (a float64 vector of the subclass's totals) and the input sums (``InputMeans.flat``),
+        """``head`` (a float64 vector of the subclass's totals) and the input sums (``InputStatistics.flat``),
         each summed over all ranks when a process group is up."""
         if not (dist.is_available() and dist.is_initialized()):
             return head, self._means.flat(head.device)
@@ -133,7 +149,8 @@ class LossAwareCriterion(Collector):
     On a normal exit ``snapshot.scores`` becomes a float64 CPU tensor ``[num_labels]``, and
     ``snapshot.input_means`` the mean of every input channel of each convolution and linear layer over
     the calibration forwards (what ``ir.prune`` folds into biases for the channels it removes, see
-    :mod:`pruning.compensation`); hooks are always removed. Any mode (train/eval) and device work; the
+    :mod:`pruning.compensation`), and with ``input_covariance=True`` ``snapshot.input_covariances`` their
+    covariances (regression compensation); hooks are always removed. Any mode (train/eval) and device work; the
     model is not moved.
 
     Distributed (``torch.distributed`` initialized): every rank runs its own collector over its shard of
@@ -173,7 +190,7 @@ class LossAwareCriterion(Collector):
         if num_batches == 0:
             raise RuntimeError(_NO_BACKWARD)
         self.snapshot.scores = (head[:-1] / num_batches).cpu()
-        self.snapshot.input_means = self._means.means(means)
+        self._store_statistics(means)
 
     def _register_hooks(self) -> None:
         model = self.snapshot.model

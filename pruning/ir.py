@@ -11,6 +11,7 @@ from torch import fx, nn
 from torch.nn.parameter import is_lazy
 
 from .channels.propagation import Analysis, Context, ParamSite, get_tensor
+from .compensation import method as compensation_method
 from .compensation import plan
 from .labels import Label, check_selection
 from .surgery import graph_module, prune_graph_module
@@ -43,6 +44,9 @@ class Snapshot:
         self.scores: torch.Tensor | None = None
         #: calibration mean of each input channel per compensable layer (see :mod:`pruning.compensation`)
         self.input_means: dict[str, torch.Tensor] | None = None
+        #: calibration covariance of the input channels per compensable layer that can mix its inputs
+        #: (recorded with ``input_covariance=True``; regression compensation)
+        self.input_covariances: dict[str, torch.Tensor] | None = None
         self._example = example
         self._analysis: Analysis | None = None
 
@@ -143,6 +147,7 @@ class Snapshot:
         if "ir_uid" in state:  # saved by a version that stored the id eagerly
             state["_uid"] = state.pop("ir_uid")
         state.setdefault("input_means", None)  # saved by a version without mean compensation
+        state.setdefault("input_covariances", None)  # saved by a version without regression compensation
         self.__dict__.update(state)
         self._root, self._graph, self._model = model, model.graph, model
         names = {node.name for node in self._graph.nodes}
@@ -355,7 +360,7 @@ class PruningIR:
         return self._snapshots[name]
 
     def prune(self, name: str = "main", *, labels: Sequence[Label], inplace: bool = False,
-              skip_label_checking: bool = False, compensate: bool | None = None) -> "PruningIR":
+              skip_label_checking: bool = False, compensate: bool | str | None = None) -> "PruningIR":
         """Remove the channels of ``labels`` from snapshot ``name``'s model.
 
         Returns a new IR whose ``'main'`` snapshot is the pruned model (the labels of this IR do not
@@ -366,14 +371,17 @@ class PruningIR:
         :func:`pruning.labels.check_selection` (foreign, duplicate, unprunable labels, emptied
         groups): use it only for selections known to be valid.
 
-        ``compensate`` (beyond the vendor API): fold the calibration mean of every removed input channel
-        of a convolution or linear layer into that layer's bias (:mod:`pruning.compensation`), so that the
-        pruned model starts closer to the original; a layer without a bias puts it into the running mean of
-        the BatchNorm it feeds, or else gets a bias. ``None`` (default):
-        compensate when the snapshot holds calibration means (``LossAwareCriterion`` records them, and
-        ``MagnitudeCriterion`` when it was called on inputs), else
-        prune plainly; ``True``: compensate, a ``ValueError`` if a layer that loses input channels has no
-        mean; ``False``: never (the pruned model then equals the original with those channels zeroed).
+        ``compensate`` (beyond the vendor API): make up, in every convolution or linear layer that loses
+        input channels, for what those channels carried on the calibration data (:mod:`pruning.compensation`),
+        so that the pruned model starts closer to the original. ``"mean"``: fold each removed channel's
+        calibration mean into the layer's bias (a layer without a bias puts it into the running mean of the
+        BatchNorm it feeds, or else gets a bias); ``"regression"``: also fold the part of the removed channels
+        that the kept ones predict (least squares) into the kept weights, which needs covariances
+        (``LossAwareCriterion(ir, input_covariance=True)``). ``None`` (default): the best the snapshot's
+        statistics allow: regression with covariances, mean with means only (``LossAwareCriterion`` records
+        means, and ``MagnitudeCriterion`` when it was called on inputs), else prune plainly; ``True``: the
+        same, but a ``ValueError`` without means; ``False``: never (the pruned model then equals the
+        original with those channels zeroed).
         """
         snapshot = self.snapshot(name)
         labels = list(labels)
@@ -385,9 +393,8 @@ class PruningIR:
             return copy.deepcopy(self)
         keep = np.ones(snapshot.num_labels, dtype=bool)
         keep[indices] = False
-        if compensate is None:
-            compensate = snapshot.input_means is not None
-        compensation = plan(snapshot, keep) if compensate else []  # from the weights before slicing
+        how = compensation_method(snapshot, compensate)
+        compensation = plan(snapshot, keep, how) if how else None  # from the weights before slicing
         pruned = prune_graph_module(snapshot._root, snapshot.graph, snapshot.analysis, keep, inplace, compensation)
         result = self if inplace else PruningIR.__new__(PruningIR)
         result.leaf_modules = self.leaf_modules

@@ -80,5 +80,5 @@ class MagnitudeCriterion(Collector):
             )
         _, means = self._reduce(torch.zeros(0, dtype=torch.float64))
         self.snapshot.scores = magnitude_scores(self.snapshot)
-        recorded = self._means.means(means)
-        self.snapshot.input_means = recorded or None
+        self._store_statistics(means)
+        self.snapshot.input_means = self.snapshot.input_means or None

@@ -15,28 +15,28 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvTransposeNd
 
-from .compensation import add_to_bias, plan
+from .compensation import add_to_bias, method, plan
 from .ir import Label, PruningIR, fingerprint
 from .labels import check_selection
 
 FORMAT = 1
 
 
-def pruning_record(ir: PruningIR, labels: Sequence[Label], compensate: bool | None = None) -> dict[str, Any]:
+def pruning_record(ir: PruningIR, labels: Sequence[Label], compensate: bool | str | None = None) -> dict[str, Any]:
     """Plain JSON-able data describing ``ir.prune(labels=labels, compensate=compensate)`` of the
-    ``'main'`` snapshot: the structure, inputs and labels, and the layers that mean compensation gives a
-    bias they did not have (``biases_added``; their values come with the state_dict)."""
+    ``'main'`` snapshot: the structure, inputs and labels, and the layers that compensation gives a
+    bias they did not have (``biases_added``; their values, like the compensated weights, come with the
+    state_dict)."""
     snapshot = ir.snapshot()
     args = snapshot.example_args()
     indices = check_selection(snapshot, list(labels))
-    if compensate is None:
-        compensate = snapshot.input_means is not None
+    how = method(snapshot, compensate)
     added = []
-    if compensate:
+    if how:
         keep = np.ones(snapshot.num_labels, dtype=bool)
         keep[indices] = False
         modules = dict(snapshot.model.named_modules())
-        added = sorted(target for target, attribute, _ in plan(snapshot, keep)
+        added = sorted(target for target, attribute, _ in plan(snapshot, keep, how).shifts
                        if attribute == "bias" and modules[target].bias is None)
     return {
         "format": FORMAT,

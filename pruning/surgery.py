@@ -15,6 +15,7 @@ import torch
 from torch import fx, nn
 
 from .channels.propagation import Analysis, tensor_lookup
+from .compensation import Compensation
 from .compensation import apply as apply_compensation
 
 
@@ -54,9 +55,12 @@ class Rewriter:
 
 
 def sliced_tensors(root: nn.Module, analysis: Analysis, keep_label: np.ndarray,
-                   modules: dict[str, nn.Module] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+                   modules: dict[str, nn.Module] | None = None, replaced: dict[str, torch.Tensor] | None = None
+                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(old tensor, new value) of every parameter/buffer that loses elements, by qualified name
-    (``modules`` is ``dict(root.named_modules())`` if the caller has it)."""
+    (``modules`` is ``dict(root.named_modules())`` if the caller has it); a tensor named in ``replaced`` is
+    sliced from that value (same shape, cast to the tensor's dtype) instead of its own."""
+    replaced = replaced or {}
     by_name: dict[str, list] = defaultdict(list)
     for site in analysis.sites:
         by_name[site.name].append(site)
@@ -65,7 +69,7 @@ def sliced_tensors(root: nn.Module, analysis: Analysis, keep_label: np.ndarray,
     out = {}
     for name, sites in by_name.items():
         tensor = tensor_of(name)
-        new = tensor.detach()
+        new = replaced[name].to(tensor) if name in replaced else tensor.detach()
         for site in sites:
             key = (id(site.label_index), tensor.device)
             if key not in kept:
@@ -73,14 +77,13 @@ def sliced_tensors(root: nn.Module, analysis: Analysis, keep_label: np.ndarray,
                 kept[key] = None if mask.all() else torch.from_numpy(np.flatnonzero(mask)).to(tensor.device)
             if kept[key] is not None:
                 new = new.index_select(site.dim, kept[key])
-        if new.shape != tensor.shape:
+        if new.shape != tensor.shape or name in replaced:
             out[name] = (tensor, new)
     return out
 
 
 def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, keep_label: np.ndarray,
-                       inplace: bool, compensation: list[tuple[str, str, torch.Tensor]] | None = None
-                       ) -> fx.GraphModule:
+                       inplace: bool, compensation: Compensation | None = None) -> fx.GraphModule:
     """Return the pruned model as a GraphModule of ``graph``.
 
     ``root`` holds what the graph's targets name: the snapshot's GraphModule, or the model it was
@@ -88,10 +91,12 @@ def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, kee
     modules and tensors the graph uses are copied (with the sliced tensors in place of the old ones),
     the graph is copied, rewritten, and compiled once into a new GraphModule. With ``inplace`` the
     tensors of ``root`` are replaced and ``graph`` itself is rewritten. ``compensation`` (a
-    ``pruning.compensation.plan``) is added to the modules once they are sliced.
+    ``pruning.compensation.plan``): its weights are sliced in place of the old ones, its shifts added to
+    the modules once they are sliced.
     """
     modules = dict(root.named_modules())
-    new_values = sliced_tensors(root, analysis, keep_label, modules)
+    new_values = sliced_tensors(root, analysis, keep_label, modules,
+                                compensation.weights if compensation else None)
     if inplace:
         replaced = {}
         for name, (old, value) in new_values.items():
@@ -106,7 +111,7 @@ def prune_graph_module(root: nn.Module, graph: fx.Graph, analysis: Analysis, kee
         module_of = copies.__getitem__
     for target, rule in analysis.module_rules.items():
         rule.update_module(module_of(target))
-    apply_compensation(compensation or [], module_of)
+    apply_compensation(compensation.shifts if compensation else [], module_of)
     rewriter = Rewriter(analysis, keep_label, module_of)
     nodes = {n.name: n for n in graph.nodes}
     changed = False

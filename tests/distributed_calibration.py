@@ -25,16 +25,18 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(NUM_BATCHES)]
 
 
-def run(rank: int, world_size: int, ddp: bool, criterion: str = "loss_aware") -> dict[str, object]:
+def run(rank: int, world_size: int, ddp: bool, criterion: str = "loss_aware", covariance: bool = False
+        ) -> dict[str, object]:
     """Calibrate on batches rank, rank + world_size, ...; returns scores, both selections, pruned weights.
-    ``criterion``: ``loss_aware`` (forward and backward) or ``magnitude`` (forward only: the means)."""
+    ``criterion``: ``loss_aware`` (forward and backward) or ``magnitude`` (forward only: the means);
+    ``covariance``: record input covariances too (the pruning then uses regression compensation)."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     ir = PruningIR(Residual().eval(), example_input=torch.randn(2, 3, 8, 8))  # eval: no BatchNorm stats drift
     if ddp:  # DDP is optional: the collector runs the snapshot model; the wrapper only shares its parameters
         DistributedDataParallel(ir.snapshot().model)
     loss_aware = criterion == "loss_aware"
-    with (LossAwareCriterion if loss_aware else MagnitudeCriterion)(ir) as collector:
+    with (LossAwareCriterion if loss_aware else MagnitudeCriterion)(ir, input_covariance=covariance) as collector:
         for x, y in batches()[rank::world_size]:
             out = collector(x)
             if loss_aware:
@@ -45,6 +47,7 @@ def run(rank: int, world_size: int, ddp: bool, criterion: str = "loss_aware") ->
     return {
         "scores": ir.snapshot().scores,
         "input_means": ir.snapshot().input_means,
+        "input_covariances": ir.snapshot().input_covariances,
         "uniform": [label.index for label in uniform],
         "global": [label.index for label in global_],
         "pruned": {k: v.detach().clone() for k, v in pruned.state_dict().items()},
@@ -56,11 +59,12 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, required=True)
     parser.add_argument("--ddp", action="store_true")
     parser.add_argument("--criterion", default="loss_aware", choices=("loss_aware", "magnitude"))
+    parser.add_argument("--covariance", action="store_true")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     try:
         rank = dist.get_rank()
-        torch.save(run(rank, dist.get_world_size(), args.ddp, args.criterion), args.out_dir / f"rank{rank}.pt")
+        torch.save(run(rank, dist.get_world_size(), args.ddp, args.criterion, args.covariance), args.out_dir / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 

@@ -72,6 +72,17 @@ class Rule:
         ``shift[c]``."""
         raise NotImplementedError(f"{type(self).__name__} gives an input channel dim but no output_shift")
 
+    def mixes_inputs(self, module: nn.Module) -> bool:
+        """For a rule with :meth:`input_channel_dim`: whether :meth:`mixed_weight` works for ``module``
+        (regression compensation; a layer that cannot mix its inputs is mean-compensated)."""
+        return False
+
+    def mixed_weight(self, module: nn.Module, mix: torch.Tensor) -> torch.Tensor:
+        """For a rule whose :meth:`mixes_inputs` is true: the weight with which ``module`` computes on an
+        input ``x`` what it computes on ``mix @ x`` (``mix`` a float64 ``(in, in)`` matrix acting on the input
+        channels at every position), in float64."""
+        raise NotImplementedError(f"{type(self).__name__} does not mix its inputs")
+
     def call_shape(self, target: Callable | str, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
         """Function and method rules: the output shape of ``target(*args, **kwargs)`` (for a method,
         ``args[0]`` is the tensor it is called on), computed without running it, or None to have the

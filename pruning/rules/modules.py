@@ -79,6 +79,12 @@ class ConvModule(Rule):
         shift = shift.to(kernel).view(m.groups, 1, per_group)
         return (kernel.view(m.groups, out // m.groups, per_group) * shift).sum(-1).reshape(out)
 
+    def mixes_inputs(self, m):
+        return m.groups == 1
+
+    def mixed_weight(self, m, mix):
+        return torch.einsum("oi...,ij->oj...", m.weight.detach().double(), mix)  # weight (out, in, k...)
+
     def update_module(self, m):
         if m.groups > 1:
             m.groups = m.weight.shape[0] // (m.out_channels // m.groups)
@@ -109,6 +115,12 @@ class ConvTransposeModule(Rule):
     def output_shift(self, m, shift):
         return shift.to(m.weight) @ m.weight.detach().flatten(2).sum(-1)  # weight (in, out, k...)
 
+    def mixes_inputs(self, m):
+        return m.groups == 1
+
+    def mixed_weight(self, m, mix):
+        return torch.einsum("io...,ij->jo...", m.weight.detach().double(), mix)
+
     def update_module(self, m):
         m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1]
 
@@ -137,6 +149,12 @@ class LinearModule(Rule):
 
     def output_shift(self, m, shift):
         return m.weight.detach().movedim(self.out_axis, 0) @ shift.to(m.weight)
+
+    def mixes_inputs(self, m):
+        return True
+
+    def mixed_weight(self, m, mix):
+        return (m.weight.detach().double().movedim(self.out_axis, 0) @ mix).movedim(0, self.out_axis)
 
     def update_module(self, m):
         m.out_features, m.in_features = m.weight.shape
