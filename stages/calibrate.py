@@ -2,7 +2,8 @@
 
 `calibrate.criterion`: `loss_aware` (`LossAwareCriterion`, cross-entropy gradients) or `magnitude`
 (`MagnitudeCriterion`: relative weight norms; the batches only run forward, for the input means that
-`prune.compensate` folds into biases).
+`prune.compensate` folds into biases). `calibrate.input_covariance: true` also records the input covariances
+that regression compensation (`prune.compensate`) needs.
 
 Under `torchrun --nproc_per_node N` each rank scores every N-th of the batches and the criterion all-reduces
 the sums, so the scores equal the one-process scores (up to float rounding); rank 0 saves the IR.
@@ -47,10 +48,11 @@ def calibration_batches(params: Params, data_dir: Path, seed: int) -> Iterator[t
 
 
 def score(ir: PruningIR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, mode: str,
-          total: int | None = None, criterion: str = "loss_aware") -> None:
+          total: int | None = None, criterion: str = "loss_aware", input_covariance: bool = False) -> None:
     """Fill ``ir``'s scores with `criterion` over `batches` (``loss_aware``: cross-entropy gradients;
-    ``magnitude``: weight norms, the batches run forward for the input means), the model in `mode`
-    (train|eval); BatchNorm statistics and every other buffer are restored, the model ends on CPU in eval mode."""
+    ``magnitude``: weight norms, the batches run forward for the input means; ``input_covariance``: also
+    record the input covariances regression compensation needs), the model in `mode` (train|eval);
+    BatchNorm statistics and every other buffer are restored, the model ends on CPU in eval mode."""
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     model = ir.snapshot("main").model.to(device)
@@ -58,7 +60,7 @@ def score(ir: PruningIR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], d
     model.train(mode == "train")
     loss_fn = nn.CrossEntropyLoss()
     loss_aware = criterion == "loss_aware"
-    with (LossAwareCriterion if loss_aware else MagnitudeCriterion)(ir) as collector:
+    with (LossAwareCriterion if loss_aware else MagnitudeCriterion)(ir, input_covariance=input_covariance) as collector:
         for x, y in tqdm(batches, total=total, desc="calibrate", unit="batch", leave=False, disable=not is_main()):
             out = collector(x.to(device))
             if loss_aware:
@@ -82,10 +84,12 @@ def _calibrate(params: Params, seed: int, device: torch.device, data_dir: Path, 
     split = params.get_str("calibrate.split", choices=("train", "val"))
     mode = params.get_str("calibrate.mode", choices=("train", "eval"))
     criterion = params.get_str("calibrate.criterion", choices=CRITERIA)
+    covariance = params.get_bool("calibrate.input_covariance")
     ir = load_pickled(ir_path, PruningIR)
     score(ir, shard(calibration_batches(params, data_dir, seed)), device, mode,
-          total=len(range(rank(), count, world_size())), criterion=criterion)
+          total=len(range(rank(), count, world_size())), criterion=criterion, input_covariance=covariance)
     if is_main():
-        print(f"calibrate: {criterion} scores, {count} {split} batches in {mode} mode")
+        print(f"calibrate: {criterion} scores{' and input covariances' if covariance else ''}, {count} {split} "
+              f"batches in {mode} mode")
         save_pickled(ir, out_path)
     barrier()

@@ -14,10 +14,12 @@ from stages.models import describe_architecture, model_spec
 from stages.params import Params
 from stages.training import setup
 
+COMPENSATE = ("mean", "regression")  # prune.compensate, besides true (the best the calibration allows) and false
+
 
 def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, out_dir: Path) -> None:
-    """Prune on CPU (``prune.compensate``: fold the calibration means of removed input channels into the
-    biases); warns when the model cannot be rebuilt from the plain architecture description."""
+    """Prune on CPU (``prune.compensate``: true/false or ``mean``/``regression``, as ``ir.prune``'s
+    ``compensate``); warns when the model cannot be rebuilt from the plain architecture description."""
     setup(params)
     ir = load_pickled(ir_path, PruningIR)
     selection = read_json(labels_path)
@@ -27,10 +29,17 @@ def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, out_di
         raise StageError(f"{labels_path}: label indices {unknown[:5]} are not prunable labels of {ir_path} "
                          "(the files come from different runs: rerun select)")
     labels = [by_index[index] for index in selection["labels"]]
-    compensate = params.get_bool("prune.compensate")
-    if compensate and ir.snapshot("main").input_means is None:
+    compensate = params.get("prune.compensate")
+    if not isinstance(compensate, bool) and compensate not in COMPENSATE:
+        raise StageError(f"params.yaml: 'prune.compensate' must be true, false, 'mean' or 'regression', "
+                         f"got {compensate!r}")
+    snapshot = ir.snapshot("main")
+    if compensate and snapshot.input_means is None:
         raise StageError(f"{ir_path} has no calibration means to compensate with (it was calibrated by an older "
                          "version): rerun calibrate, or set 'prune.compensate: false'")
+    if compensate == "regression" and not snapshot.input_covariances:
+        raise StageError(f"{ir_path} has no input covariances for 'prune.compensate: regression': set "
+                         "'calibrate.input_covariance: true' and rerun calibrate, or set 'prune.compensate: mean'")
     pruned = ir.prune(labels=labels, compensate=compensate)
     check_input = load_split(data_dir, "val").tensors[0][:8]
     architecture = describe_architecture(model_spec(params, read_meta(data_dir)),

@@ -155,3 +155,22 @@ def test_magnitude_criterion_runs_the_stages(calibrated, tmp_path):
     with pytest.raises(StageError, match=r"'calibrate.criterion' must be one of 'loss_aware', 'magnitude'"):
         calibrate.run(_params(calibrate__criterion="l1"), calibrated / "data", calibrated / "ir.pt", tmp_path / "bad.pt")
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_regression_compensation_runs_the_stages(calibrated, tmp_path):
+    """`calibrate.input_covariance: true` records the covariances, `prune.compensate: regression` uses them and
+    the saved model still rebuilds from its plain description; regression without covariances, or a value that
+    is not a compensation, is refused by name."""
+    params = _params(calibrate__input_covariance=True, prune__compensate="regression")
+    calibrate.run(params, calibrated / "data", calibrated / "ir.pt", tmp_path / "ir_cov.pt")
+    assert load_pickled(tmp_path / "ir_cov.pt", PruningIR).snapshot().input_covariances
+    _select(calibrated, tmp_path)
+    prune.run(params, calibrated / "data", tmp_path / "ir_cov.pt", tmp_path / "labels.json", tmp_path / "pruned")
+    x = torch.load(calibrated / "data" / "test.pt", weights_only=True)["x"][:4]
+    exact, safe = load_bundle(tmp_path / "pruned").eval(), load_bundle(tmp_path / "pruned", safe=True).eval()
+    assert torch.allclose(exact(x), safe(x), atol=1e-6)
+    with pytest.raises(StageError, match="set 'calibrate.input_covariance: true' and rerun calibrate"):
+        prune.run(params, calibrated / "data", calibrated / "ir_calibrated.pt", tmp_path / "labels.json", tmp_path / "p2")
+    with pytest.raises(StageError, match="'prune.compensate' must be true, false, 'mean' or 'regression', got 'lsq'"):
+        prune.run(_params(prune__compensate="lsq"), calibrated / "data", tmp_path / "ir_cov.pt", tmp_path / "labels.json",
+                  tmp_path / "p3")
