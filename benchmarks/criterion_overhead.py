@@ -4,7 +4,9 @@ Both steps run the snapshot's model on the same batch with cross-entropy on rand
 calibrated step is the second collector call inside the block, so it includes folding the previous batch.
 Repeats alternate plain and calibrated steps; medians of wall-clock and of process CPU time (the
 better measure of work when other processes share the cores) and their ratios are printed.
-Run (after `make setup`, or prefix PYTHONPATH=.): .venv/bin/python benchmarks/criterion_overhead.py [--batch N] [--repeats N] [model ...]
+``--input-covariance`` calibrates with ``LossAwareCriterion(ir, input_covariance=True)`` (the products
+regression compensation needs).
+Run (after `make setup`, or prefix PYTHONPATH=.): .venv/bin/python benchmarks/criterion_overhead.py [--batch N] [--repeats N] [--input-covariance] [model ...]
 """
 from __future__ import annotations
 
@@ -35,8 +37,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--input-covariance", action="store_true", help="record input covariances too")
     args = parser.parse_args()
-    print(f"device {args.device}, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"device {args.device}, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.repeats}"
+          + (", with input covariances" if args.input_covariance else ""))
     print(f"{'model':<12}{'plain wall s':>14}{'calib wall s':>14}{'ratio':>7}"
           f"{'plain cpu s':>13}{'calib cpu s':>13}{'ratio':>7}")
     for name in args.models:
@@ -50,7 +54,7 @@ def main() -> None:
         plain, calibrated = [], []
         for _ in range(args.repeats):
             plain.append(step(plain_model, x, y))
-            with LossAwareCriterion(ir) as collector:
+            with LossAwareCriterion(ir, input_covariance=args.input_covariance) as collector:
                 step(collector, x, y)
                 calibrated.append(step(collector, x, y))
         wall = [statistics.median(t[0] for t in runs) for runs in (plain, calibrated)]

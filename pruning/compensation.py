@@ -73,7 +73,7 @@ class InputStatistics:
     their products (``x^T x`` over every position) where the layer can mix its inputs, over the forward
     passes made between :meth:`attach` and :meth:`detach` (forward pre-hooks; no gradient is involved).
 
-    The products cost about one 1x1 convolution from a layer's inputs to as many outputs per call, and
+    The products cost the work of a linear layer from a layer's inputs to as many outputs per call, and
     ``8 * in_channels^2`` bytes per layer (float64): 32 MiB for a 2048-channel layer."""
 
     def __init__(self, snapshot: "Snapshot", covariance: bool = False) -> None:

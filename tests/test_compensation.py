@@ -15,6 +15,7 @@ from pruning.replay import pruning_record, replay
 from pruning.rules.base import MODULE_RULES
 
 from models import Grouped, Residual
+from test_regression_compensation import MixedUnits, mixed_labels
 
 
 def calibrate(ir: PruningIR, batches: list[torch.Tensor], train: bool = False) -> None:
@@ -153,22 +154,29 @@ def test_calibrated_grouped_and_torchvision_models_prune_closer_to_the_original(
         assert near < far, type(model).__name__
 
 
-@pytest.mark.parametrize("consumer", ["no_bias", "batchnorm"])
-def test_replay_and_dill_keep_the_compensation(consumer, tmp_path):
+@pytest.mark.parametrize("consumer, how", [("no_bias", "mean"), ("batchnorm", "mean"), ("no_bias", "regression")])
+def test_replay_and_dill_keep_the_compensation(consumer, how, tmp_path):
+    """Mean compensation (ConstantUnits) and regression (MixedUnits: new kept weights too) survive a dill round
+    trip of the IR and a weights-only replay of the pruning."""
     torch.manual_seed(0)
-    model = ConstantUnits(consumer).eval()
-    x = torch.randn(2, 3, 6, 6)
-    ir = PruningIR(model, example_input=x[:1])
-    calibrate(ir, [torch.randn(8, 3, 6, 6)])
+    model, labels_of = (ConstantUnits, constant_labels) if how == "mean" else (MixedUnits, mixed_labels)
+    x = torch.randn(2, 3, 8, 8)
+    ir = PruningIR(model(consumer).eval(), example_input=x[:1])
+    ir.snapshot().model.eval()
+    with LossAwareCriterion(ir, input_covariance=how == "regression") as collector:
+        collector(torch.randn(16, 3, 8, 8)).pow(2).mean().backward()
     torch.save(ir, tmp_path / "ir.pt", pickle_module=dill)
     loaded = torch.load(tmp_path / "ir.pt", pickle_module=dill, weights_only=False)
-    for name, means in ir.snapshot().input_means.items():
-        assert torch.equal(loaded.snapshot().input_means[name], means)
-    labels = constant_labels(loaded)
+    for statistics in ("input_means", "input_covariances"):
+        saved = getattr(ir.snapshot(), statistics) or {}
+        assert (getattr(loaded.snapshot(), statistics) or {}).keys() == saved.keys()
+        for name, value in saved.items():
+            assert torch.equal(getattr(loaded.snapshot(), statistics)[name], value)
+    labels = labels_of(loaded)
     pruned = loaded.prune(labels=labels).model
     record = json.loads(json.dumps(pruning_record(loaded, labels)))
     assert record["biases_added"] == (["conv2"] if consumer == "no_bias" else [])
     assert pruning_record(loaded, labels, compensate=False)["biases_added"] == []
-    rebuilt = replay(ConstantUnits(consumer).eval(), record, pruned.state_dict())
+    rebuilt = replay(model(consumer).eval(), record, pruned.state_dict())
     with torch.no_grad():
         assert torch.equal(rebuilt(x), pruned(x))

@@ -2,16 +2,12 @@
 kept ones (pruning.compensation, ``compensate="regression"``)."""
 from __future__ import annotations
 
-import json
-
-import dill
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from pruning import GlobalScoreLabelSelector, LossAwareCriterion, MagnitudeCriterion, PruningIR, compensation
-from pruning.replay import pruning_record, replay
 from pruning.rules.base import MODULE_RULES
 from pruning.rules.modules import TransposedLinearModule
 
@@ -182,25 +178,6 @@ def test_compensate_values_and_their_errors():
         want = model(x)
         error = (ir.prune(labels=labels, compensate=True).model(x) - want).abs().max()
         assert error < 1e-2 * want.abs().max()  # True: the best the statistics allow, regression here
-
-
-def test_replay_and_dill_keep_the_regression(tmp_path):
-    torch.manual_seed(0)
-    model = MixedUnits("no_bias").eval()
-    x = torch.randn(2, 3, 8, 8)
-    ir = PruningIR(model, example_input=x[:1])
-    calibrate(ir, [torch.randn(16, 3, 8, 8)])
-    torch.save(ir, tmp_path / "ir.pt", pickle_module=dill)
-    loaded = torch.load(tmp_path / "ir.pt", pickle_module=dill, weights_only=False)
-    for name, covariance in ir.snapshot().input_covariances.items():
-        assert torch.equal(loaded.snapshot().input_covariances[name], covariance)
-    labels = mixed_labels(loaded)
-    pruned = loaded.prune(labels=labels).model
-    record = json.loads(json.dumps(pruning_record(loaded, labels)))
-    assert record["biases_added"] == ["conv2"]
-    rebuilt = replay(MixedUnits("no_bias").eval(), record, pruned.state_dict())
-    with torch.no_grad():
-        assert torch.equal(rebuilt(x), pruned(x))
 
 
 def test_regression_brings_a_calibrated_torchvision_model_closer_than_the_mean():
