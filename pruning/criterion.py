@@ -127,9 +127,10 @@ class Collector:
     def _store_statistics(self, flat: torch.Tensor) -> None:
         """Set the snapshot's input means and covariances from :meth:`_reduce`'s sums (``None`` where none
         were recorded: a recalibration without covariances drops those of an earlier one)."""
-        means, covariances = self._means.statistics(flat)
+        means, covariances, samples = self._means.statistics(flat)
         self.snapshot.input_means = means
         self.snapshot.input_covariances = covariances or None
+        self.snapshot.input_samples = samples or None
 
     def _reduce(self, head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``head`` (a float64 vector of the subclass's totals) and the input sums (``InputStatistics.flat``),

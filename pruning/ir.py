@@ -47,6 +47,8 @@ class Snapshot:
         #: calibration covariance of the input channels per compensable layer that can mix its inputs
         #: (recorded with ``input_covariance=True``; regression compensation)
         self.input_covariances: dict[str, torch.Tensor] | None = None
+        #: how many positions (rows) each covariance was estimated from (the regression's shrinkage)
+        self.input_samples: dict[str, int] | None = None
         self._example = example
         self._analysis: Analysis | None = None
 
@@ -148,6 +150,7 @@ class Snapshot:
             state["_uid"] = state.pop("ir_uid")
         state.setdefault("input_means", None)  # saved by a version without mean compensation
         state.setdefault("input_covariances", None)  # saved by a version without regression compensation
+        state.setdefault("input_samples", None)
         self.__dict__.update(state)
         self._root, self._graph, self._model = model, model.graph, model
         names = {node.name for node in self._graph.nodes}

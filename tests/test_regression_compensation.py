@@ -2,6 +2,7 @@
 kept ones (pruning.compensation, ``compensate="regression"``)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -60,7 +61,7 @@ def test_removed_channels_that_mix_kept_ones_come_back_exactly(consumer, monkeyp
     model = MixedUnits(consumer).eval()
     x = torch.randn(4, 3, 8, 8)
     ir = PruningIR(model, example_input=x[:1])
-    calibrate(ir, [torch.randn(16, 3, 8, 8)])
+    calibrate(ir, [torch.randn(256, 3, 8, 8)])
     labels = mixed_labels(ir)
     assert len(labels) == 10
     with torch.no_grad():
@@ -73,6 +74,7 @@ def test_removed_channels_that_mix_kept_ones_come_back_exactly(consumer, monkeyp
     assert errors["regression"] < 1e-2 * scale  # exact but for the ridge (1e-3 of the kept variance)
     assert errors["mean"] > 0.1 * scale and errors[False] > 0.1 * scale
     monkeypatch.setattr(compensation, "RIDGE", 1e-9)
+    monkeypatch.setattr(compensation, "SHRINK", 1e-9)
     with torch.no_grad():
         assert (ir.prune(labels=labels).model(x) - want).abs().max() < 1e-4 * scale
     assert default.conv2.weight.shape[1] == 4 and default.fc2.weight.shape[1] == 10
@@ -172,7 +174,7 @@ def test_compensate_values_and_their_errors():
     with pytest.raises(ValueError, match="'mean' or 'regression', got 'least-squares'"):
         ir.prune(labels=labels, compensate="least-squares")
     with MagnitudeCriterion(ir, input_covariance=True) as collector:  # forward calls record them too
-        collector(torch.randn(16, 3, 8, 8))
+        collector(torch.randn(256, 3, 8, 8))
     assert set(ir.snapshot().input_covariances) == {"conv1", "conv2", "fc1", "fc2"}
     with torch.no_grad():
         want = model(x)
@@ -207,3 +209,30 @@ def test_inplace_pruning_applies_the_regression():
         copied = ir.prune(labels=labels).model(x)
         inplace = ir.prune(labels=labels, inplace=True).model(x)
     torch.testing.assert_close(inplace, copied, rtol=0, atol=0)
+
+
+def test_covariance_of_a_near_constant_channel_survives_float32_inputs():
+    """A channel whose variance is tiny against its mean (1e-8 of its square here) keeps that variance: raw
+    float32 products would leave rounding noise of about 1e-7 of the square instead."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)).eval()
+    x = 100 + 1e-2 * torch.randn(4, 512, 4)
+    ir = PruningIR(model, example_input=x[0])
+    with LossAwareCriterion(ir, input_covariance=True) as collector:
+        for batch in x:
+            collector(batch).pow(2).mean().backward()
+    torch.testing.assert_close(ir.snapshot().input_covariances["0"], torch.cov(x.reshape(-1, 4).double().T, correction=0),
+                               rtol=1e-3, atol=1e-9)
+
+
+def test_few_positions_shrink_the_regression_towards_the_mean():
+    torch.manual_seed(0)
+    rows = torch.randn(1000, 12, dtype=torch.float64) @ torch.randn(12, 12, dtype=torch.float64)
+    covariance = torch.cov(rows.T, correction=0)
+    kept, removed = np.arange(8), np.arange(8, 12)
+    kk = covariance[:8, :8]
+    ridge = compensation.RIDGE * kk.diagonal().mean() * torch.eye(8, dtype=torch.float64)
+    exact = torch.linalg.solve(kk + ridge, covariance[:8, 8:]).T  # the ridge alone
+    many, few = (compensation.regression(covariance, kept, removed, n) for n in (10**12, 8))
+    torch.testing.assert_close(many, exact, rtol=1e-6, atol=1e-8)
+    assert few.norm() < 0.9 * many.norm()
