@@ -61,8 +61,8 @@ class Collector:
     many outputs: several times the layer itself where it narrows, as a transformer's second MLP layer
     does) and ``8 * in_channels^2`` bytes per layer, kept in the snapshot (and in a saved IR). Measured with
     ``benchmarks/criterion_overhead.py --input-covariance`` (CPU, 2 threads, batch 8, median of 5, process
-    CPU time, 26 Nov 2026): a calibration step costs 1.43x (resnet50) and 1.50x (vit_b_16) a plain
-    forward+backward, against 1.09x and 1.01x with means only. Off by default for that reason and for the
+    CPU time, 26 Nov 2026): a calibration step costs 1.51x (resnet50) and 1.72x (vit_b_16) a plain
+    forward+backward, against 1.02x and 0.99x with means only. Off by default for that reason and for the
     memory (a 7B language model's layers would need tens of GiB)."""
 
     def __init__(self, ir: Any, snapshot_name: str = "main", *, input_covariance: bool = False) -> None:
