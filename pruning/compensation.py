@@ -25,9 +25,9 @@ calibration data predicts for it:
   kept variance: it keeps ``A`` finite where kept channels are (nearly) collinear or dead, and shrinks it
   towards the mean where few calibration positions back many kept channels (a classifier's input, one row
   per image), where an unshrunk fit learns the calibration batches' noise and a held-out input then gets
-  worse outputs than with the mean (measured on torchvision models with 16-96 calibration images). Layers that cannot mix their inputs (grouped
-  convolutions) or whose weight is tied to another tensor (a language model's head tied to its embedding)
-  get the mean instead.
+  worse outputs than with the mean (seen on torchvision models calibrated on 16-96 images). Layers that
+  cannot mix their inputs (grouped convolutions) or whose weight is tied to another tensor (a language
+  model's head tied to its embedding) get the mean instead.
 
 A convolution applies the substitution at every position of its kernel, exact away from zero-padded
 borders. Where a layer without a bias feeds only a BatchNorm, the bias change goes into that norm's running
