@@ -269,7 +269,7 @@ def plan(snapshot: "Snapshot", keep_label: np.ndarray, how: str = "mean") -> Com
             mix = torch.eye(len(removed), dtype=torch.float64)
             mix[gone] = 0.0
             mix[np.ix_(gone, kept)] = predict
-            out.weights[f"{node.target}.weight"] = rule.mixed_weight(module, mix)
+            out.weights[f"{node.target}.weight"] = rule.mixed_weight(module, mix.to(module.weight.device))
             constant[gone] = means[node.target][gone] - predict @ means[node.target][kept]
         shift = rule.output_shift(module, constant)
         out_ids = analysis.node_ids.get(node.name) or ()

@@ -236,3 +236,21 @@ def test_few_positions_shrink_the_regression_towards_the_mean():
     many, few = (compensation.regression(covariance, kept, removed, n) for n in (10**12, 8))
     torch.testing.assert_close(many, exact, rtol=1e-6, atol=1e-8)
     assert few.norm() < 0.9 * many.norm()
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_regression_on_the_models_device(device):
+    """Statistics are recorded where the model runs and the new weights are made on its device."""
+    torch.manual_seed(0)
+    model = MixedUnits("batchnorm").eval().to(device)
+    x = torch.randn(4, 3, 8, 8, device=device)
+    ir = PruningIR(model, example_input=x[:1])
+    calibrate(ir, [torch.randn(256, 3, 8, 8, device=device)])
+    with torch.no_grad():
+        want = model(x)
+        pruned = ir.prune(labels=mixed_labels(ir), compensate="regression").model
+        assert pruned.conv2.weight.device == want.device
+        assert (pruned(x) - want).abs().max() < 1e-2 * want.abs().max()

@@ -79,8 +79,8 @@ class Rule:
 
     def mixed_weight(self, module: nn.Module, mix: torch.Tensor) -> torch.Tensor:
         """For a rule whose :meth:`mixes_inputs` is true: the weight with which ``module`` computes on an
-        input ``x`` what it computes on ``mix @ x`` (``mix`` a float64 ``(in, in)`` matrix acting on the input
-        channels at every position), in float64."""
+        input ``x`` what it computes on ``mix @ x`` (``mix`` a float64 ``(in, in)`` matrix on the weight's device,
+        acting on the input channels at every position), in float64."""
         raise NotImplementedError(f"{type(self).__name__} does not mix its inputs")
 
     def call_shape(self, target: Callable | str, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
