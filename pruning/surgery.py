@@ -61,6 +61,9 @@ def sliced_tensors(root: nn.Module, analysis: Analysis, keep_label: np.ndarray,
     (``modules`` is ``dict(root.named_modules())`` if the caller has it); a tensor named in ``replaced`` is
     sliced from that value (same shape, cast to the tensor's dtype) instead of its own."""
     replaced = replaced or {}
+    unsliced = set(replaced) - {site.name for site in analysis.sites} if replaced else set()
+    if unsliced:  # an internal error: compensation replaces only weights that lose input channels
+        raise RuntimeError(f"new values for {sorted(unsliced)}, which pruning does not slice")
     by_name: dict[str, list] = defaultdict(list)
     for site in analysis.sites:
         by_name[site.name].append(site)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pruning import PruningIR
+from pruning.compensation import METHODS
 from pruning.replay import pruning_record
 from stages.artifacts import load_pickled, read_json
 from stages.bundle import save_bundle
@@ -13,8 +14,6 @@ from stages.errors import StageError
 from stages.models import describe_architecture, model_spec
 from stages.params import Params
 from stages.training import setup
-
-COMPENSATE = ("mean", "regression")  # prune.compensate, besides true (the best the calibration allows) and false
 
 
 def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, out_dir: Path) -> None:
@@ -30,7 +29,7 @@ def run(params: Params, data_dir: Path, ir_path: Path, labels_path: Path, out_di
                          "(the files come from different runs: rerun select)")
     labels = [by_index[index] for index in selection["labels"]]
     compensate = params.get("prune.compensate")
-    if not isinstance(compensate, bool) and compensate not in COMPENSATE:
+    if not isinstance(compensate, bool) and compensate not in METHODS:
         raise StageError(f"params.yaml: 'prune.compensate' must be true, false, 'mean' or 'regression', "
                          f"got {compensate!r}")
     snapshot = ir.snapshot("main")
