@@ -20,7 +20,8 @@ every method), methods:
   ``pruning.IterativeLabelSelector``, BatchNorm statistics re-estimated over ``select.bn_batches`` training
   batches and the model re-scored on the same calibration batches between steps); then the ``prune``
   stage's pruning (``prune.compensate``: the calibration means of removed input channels folded into the
-  biases, ``pruning.compensation``); and uniform (one-shot and in 3 steps) with ``MagnitudeCriterion``
+  biases, ``pruning.compensation``; ``--compensate regression``: calibrated with input covariances, the kept
+  weights also take the removed channels' least-squares prediction); and uniform (one-shot and in 3 steps) with ``MagnitudeCriterion``
   (``calibrate.criterion: magnitude``: relative weight norms; the same batches run forward for the means);
 - peer: Torch-Pruning ``MagnitudeImportance`` and ``TaylorImportance`` (loss gradients over the *same*
   calibration batches), per layer (uniform) and global, ratio bisected to meet the same target
@@ -236,7 +237,8 @@ def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, d
     for criterion in dict.fromkeys(m[2] for m in OURS):
         irs[criterion] = PruningIR(copy.deepcopy(model), example_input=example)
         # as the calibrate stage does (calibrate.mode: eval)
-        score(irs[criterion], batches, device, "eval", criterion=criterion)
+        score(irs[criterion], batches, device, "eval", criterion=criterion,
+              input_covariance=params.get_bool("calibrate.input_covariance"))
     between = batchnorm_reestimation(params, data_dir, params.get_int("seed"), device)  # as select.steps does
     rows = [{"model": name, "method": "baseline", "target": 1.0, "macs": base_macs, "pruned_model": model}]
     for target in targets:
@@ -253,7 +255,7 @@ def prune_all(name: str, targets: list[float], params: Params, data_dir: Path, d
                     labels = (_select(ir, params, select, cost, budget) if steps == 1 else
                               _select_in_steps(ir, with_criterion(params, criterion), select, cost, budget, steps,
                                                data_dir, params.get_int("seed"), device))
-                    row["pruned_model"] = ir.prune(labels=labels, compensate=params.get_bool("prune.compensate")).model
+                    row["pruned_model"] = ir.prune(labels=labels, compensate=params.get("prune.compensate")).model
                 else:
                     imp, glob, steps = method
                     pruned, row["ratio"] = peer.prune_to_cost(
@@ -297,7 +299,8 @@ def measure_latency(rows: list[dict], example: torch.Tensor, params: Params, rou
 def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=print, save=None,
         done: list[dict] | None = None, finetune_epochs: int | None = None, seeds: int = 1,
         short_epochs: int = 1, data: str = "digits", image_size: int = 14,
-        baseline_epochs: int | None = None, only: set[str] | None = None) -> list[dict]:
+        baseline_epochs: int | None = None, only: set[str] | None = None, compensate: str | None = None
+        ) -> list[dict]:
     """All models on ``data`` (``digits``: the pipeline's split and baseline; another ``prepare`` source: its
     split at ``image_size``, models trained for ``baseline_epochs``); ``save(rows)`` after each model; models
     already in ``done`` (rows of an earlier run) are kept as they are and not run again. Rows name a model
@@ -308,6 +311,8 @@ def run(models: list[str], targets: list[float], quick: bool, rounds: int, log=p
         overrides = {"finetune.epochs": 2, "calibrate.batches": 5, "latency.repeats": 20, "select.max_iterations": 5}
     if finetune_epochs is not None:
         overrides["finetune.epochs"] = finetune_epochs
+    if compensate is not None:  # regression needs the covariances from calibration
+        overrides.update({"prune.compensate": compensate, "calibrate.input_covariance": compensate == "regression"})
     params = load_params(overrides)
     _, device = setup(params)
     data_dir = prepared_data(data, image_size, params)
@@ -483,6 +488,8 @@ def _parallel(models: list[str], args: argparse.Namespace) -> list[dict]:
         cmd += ["--seeds", str(args.seeds), "--short-epochs", str(args.short_epochs)]
         if args.only:
             cmd += ["--only", *args.only]
+        if args.compensate:
+            cmd += ["--compensate", args.compensate]
         procs[m] = subprocess.Popen(cmd, cwd=ROOT)
     for m, proc in procs.items():
         if proc.wait() != 0:
@@ -530,6 +537,9 @@ def main() -> None:
                              "(default: params.yaml train.epochs)")
     parser.add_argument("--only", nargs="+", choices=all_method_names(), metavar="METHOD",
                         help="run only these methods (row names, e.g. 'ours knapsack 3 steps (loss-aware)')")
+    parser.add_argument("--compensate", choices=("mean", "regression"),
+                        help="our rows' compensation (default: params.yaml prune.compensate; regression also records "
+                             "the input covariances in calibration)")
     parser.add_argument("--merge", action="store_true",
                         help="merge this run's rows into the rows already in --json instead of replacing them")
     args = parser.parse_args()
@@ -556,7 +566,8 @@ def main() -> None:
     done = json.loads(args.json.read_text()) if args.resume and args.json and args.json.exists() else None
     rows = run(models, targets, args.quick, rounds, log=lambda s: print(s, flush=True), save=save, done=done,
                finetune_epochs=args.finetune_epochs, seeds=args.seeds, short_epochs=args.short_epochs,
-               data=args.data, image_size=args.image_size, baseline_epochs=args.baseline_epochs, only=only)
+               data=args.data, image_size=args.image_size, baseline_epochs=args.baseline_epochs, only=only,
+               compensate=args.compensate)
     print(markdown(save(rows)))
 
 
