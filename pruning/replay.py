@@ -30,13 +30,14 @@ def pruning_record(ir: PruningIR, labels: Sequence[Label], compensate: bool | st
     snapshot = ir.snapshot()
     args = snapshot.example_args()
     indices = check_selection(snapshot, list(labels))
-    how = method(snapshot, compensate)
     added = []
-    if how:
+    if method(snapshot, compensate):
         keep = np.ones(snapshot.num_labels, dtype=bool)
         keep[indices] = False
         modules = dict(snapshot.model.named_modules())
-        added = sorted(target for target, attribute, _ in plan(snapshot, keep, how).shifts
+        # where a bias change goes does not depend on the method: the mean's plan names the same layers
+        # without the regression's solves
+        added = sorted(target for target, attribute, _ in plan(snapshot, keep, "mean").shifts
                        if attribute == "bias" and modules[target].bias is None)
     return {
         "format": FORMAT,
