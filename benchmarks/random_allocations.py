@@ -40,6 +40,7 @@ from pruning import PruningIR, latency  # noqa: E402
 from pruning.selectors.base import removal_order, round_half_up, snapshot_scores  # noqa: E402
 from stages.calibrate import score  # noqa: E402
 from stages.data import load_split, make_loader  # noqa: E402
+from stages.errors import StageError  # noqa: E402
 from stages.select import _smallest_meeting_target  # noqa: E402
 from stages.training import setup  # noqa: E402
 
@@ -88,11 +89,17 @@ def run(args: argparse.Namespace, log=print) -> list[dict]:
     rng = np.random.default_rng(args.allocation_seed)
     for sample in range(args.samples):
         weights = rng.uniform(*WEIGHTS, len(groups))
+        row = {"model": label, "method": f"random {sample + 1}", "tool": "random", "target": args.target,
+               "weights": [round(float(w), 3) for w in weights]}
         started = time.perf_counter()
-        labels = random_labels(ir, weights, cost, args.target * base_macs)
-        rows.append({"model": label, "method": f"random {sample + 1}", "tool": "random", "target": args.target,
-                     "weights": [round(float(w), 3) for w in weights], "pruned_model": ir.prune(labels=labels, compensate=False).model,
-                     "select_s": time.perf_counter() - started})
+        try:
+            labels = random_labels(ir, weights, cost, args.target * base_macs)
+        except StageError:  # even MOST of every group costs too much: the table reports it
+            row["error"] = f"no allocation with these weights meets {args.target:.0%} of the MACs"
+        else:
+            row["pruned_model"] = ir.prune(labels=labels, compensate=False).model
+        row["select_s"] = time.perf_counter() - started
+        rows.append(row)
     for row in rows:
         if "pruned_model" not in row:
             continue
@@ -115,7 +122,8 @@ def summary(rows: list[dict]) -> list[str]:
     sd = quality.pooled_seed_sd(done, done[0]["model"], "acc_finetuned")
     seeds = len(done[0]["acc_finetuned_seeds"])
     lines = [f"- random allocations ({len(random_rows)}): fine-tuned accuracy {min(random_rows):.4f}-"
-             f"{max(random_rows):.4f}, median {statistics.median(random_rows):.4f}",
+             f"{max(random_rows):.4f}, median {statistics.median(random_rows):.4f}" if random_rows else
+             "- random allocations: none met the target",
              f"- seed-to-seed SD pooled over all {len(done)} rows: {sd:.4f}; standard error of a difference of two "
              f"{seeds}-seed means: {sd * (2 / seeds) ** 0.5:.4f}"]
     for tool, name in (("ours", "our best"), ("peer", "Torch-Pruning's best"), ("random", "best random")):
