@@ -170,6 +170,9 @@ def main() -> None:
     if not 0 < args.target < 1 or args.samples < 1 or args.seeds < 2:
         raise SystemExit("--target must be in (0, 1), --samples >= 1 and --seeds >= 2 (the noise is measured)")
     rows = run(args, log=lambda s: print(s, flush=True))
+    if not any("acc_finetuned" in r for r in rows):
+        raise SystemExit(f"no method and no random allocation met {args.target:.0%} of the MACs: "
+                         + "; ".join(f"{r['method']}: {r['error']}" for r in rows if "error" in r))
     text = markdown(rows, args)
     for path, content in ((args.json, json.dumps(rows, indent=1)), (args.markdown, text)):
         if path:
