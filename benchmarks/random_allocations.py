@@ -116,9 +116,14 @@ def run(args: argparse.Namespace, log=print) -> list[dict]:
     return rows
 
 
+def fine_tuned(rows: list[dict]) -> list[dict]:
+    """The rows that were fine-tuned, best first."""
+    return sorted((r for r in rows if "acc_finetuned" in r), key=lambda r: -r["acc_finetuned"])
+
+
 def summary(rows: list[dict]) -> list[str]:
     """Random rows' range, the pooled seed SD and the rank of each tool's best fine-tuned row."""
-    done = sorted((r for r in rows if "acc_finetuned" in r), key=lambda r: -r["acc_finetuned"])
+    done = fine_tuned(rows)
     random_rows = [r["acc_finetuned"] for r in done if r["tool"] == "random"]
     sd = quality.pooled_seed_sd(done, done[0]["model"], "acc_finetuned")
     seeds = len(done[0]["acc_finetuned_seeds"])
@@ -141,7 +146,7 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    done = sorted((r for r in rows if "acc_finetuned" in r), key=lambda r: -r["acc_finetuned"])
+    done = fine_tuned(rows)
     head = (f"### {done[0]['model']} at {args.target:.0%} MACs: {len(done)} rows, fine-tuned "
             f"{done[0].get('finetune_epochs')} epoch(s), {len(done[0]['acc_finetuned_seeds'])} seeds, "
             f"test split {done[0].get('test_images', '')}")
@@ -170,7 +175,7 @@ def main() -> None:
     if not 0 < args.target < 1 or args.samples < 1 or args.seeds < 2:
         raise SystemExit("--target must be in (0, 1), --samples >= 1 and --seeds >= 2 (the noise is measured)")
     rows = run(args, log=lambda s: print(s, flush=True))
-    if not any("acc_finetuned" in r for r in rows):
+    if not fine_tuned(rows):
         raise SystemExit(f"no method and no random allocation met {args.target:.0%} of the MACs: "
                          + "; ".join(f"{r['method']}: {r['error']}" for r in rows if "error" in r))
     text = markdown(rows, args)
