@@ -136,9 +136,9 @@ def summary(rows: list[dict]) -> list[str]:
         best = next((r for r in done if r["tool"] == tool), None)
         if best is not None:
             rank = done.index(best) + 1
+            below = quality.gap_in_errors(done, best, done[0], "acc_finetuned")
             lines.append(f"- {name}: {best['method']} {best['acc_finetuned']:.4f} (rank {rank} of {len(done)}; "
-                         f"{(done[0]['acc_finetuned'] - best['acc_finetuned']) / (sd * (2 / seeds) ** 0.5):.1f} SE "
-                         f"below the top row)")
+                         f"{below:.1f} SE below the top row)")
     failed = [r["method"] for r in rows if "error" in r]
     if failed:
         lines.append(f"- failed: {', '.join(failed)}")
