@@ -16,6 +16,7 @@ from .compensation import plan
 from .labels import Label, check_selection
 from .surgery import graph_module, prune_graph_module
 from .tracing import record_shapes, trace_graph
+from .tracing.codegen import hoist_module_lookups
 from .tracing.state import evaluated
 
 __all__ = ["PruningIR", "Snapshot", "Label", "ParamSite"]
@@ -153,6 +154,8 @@ class Snapshot:
         state.setdefault("input_samples", None)
         self.__dict__.update(state)
         self._root, self._graph, self._model = model, model.graph, model
+        hoist_module_lookups(model.graph)  # fx re-made the graph from the code, without our code generation
+        model.recompile()
         names = {node.name for node in self._graph.nodes}
         if self._analysis is not None and set(self._analysis.node_ids) != names:
             self._analysis = None
@@ -235,12 +238,13 @@ def fingerprint(model: nn.Module, values: bool = True, graph: fx.Graph | None = 
     another, and saved IRs stay byte-identical across runs. Without values it identifies the
     architecture only (``pruning.replay``).
     """
-    if graph is None or graph is getattr(model, "graph", None):
-        code = model.code
-    else:
+    graph = model.graph if graph is None else graph
+    # fx's own code for the graph, without the body transformer (:mod:`pruning.tracing.codegen`): a
+    # GraphModule unpickled from its code has none, and the hash must not depend on how it was made
+    with graph.on_generate_code(lambda _: None):
         code = graph.python_code(root_module="self").src
     digest = hashlib.sha1(code.encode())
-    tensors = _graph_tensors(model, model.graph if graph is None else graph)
+    tensors = _graph_tensors(model, graph)
     heads = _heads(list(tensors.values())) if values else None
     for index, (name, tensor) in enumerate(tensors.items()):
         digest.update(f"{name}{tuple(tensor.shape)}".encode())

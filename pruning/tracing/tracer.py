@@ -34,6 +34,7 @@ from torch.fx._symbolic_trace import _assert_is_none
 
 from ..rules.base import function_rule, module_rule
 from .composites import TRACED_FORWARDS
+from .codegen import hoist_module_lookups
 from .recorded import first_proxy, helper_call, recorded_calls, recording
 from .shapes import shape_of
 from .sizes import GUARD_FUNCTIONS, SizeOracle, negated, size_count
@@ -475,6 +476,7 @@ def trace_graph(
     for node in graph.nodes:
         if isinstance(node.type, str):
             node.type = None
+    hoist_module_lookups(graph)
     return graph
 
 
