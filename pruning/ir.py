@@ -16,7 +16,7 @@ from .compensation import plan
 from .labels import Label, check_selection
 from .surgery import graph_module, prune_graph_module
 from .tracing import record_shapes, trace_graph
-from .tracing.codegen import hoist_module_lookups
+from .tracing.codegen import hoisted
 from .tracing.state import evaluated
 
 __all__ = ["PruningIR", "Snapshot", "Label", "ParamSite"]
@@ -153,9 +153,7 @@ class Snapshot:
         state.setdefault("input_covariances", None)  # saved by a version without regression compensation
         state.setdefault("input_samples", None)
         self.__dict__.update(state)
-        self._root, self._graph, self._model = model, model.graph, model
-        hoist_module_lookups(model.graph)  # fx re-made the graph from the code, without our code generation
-        model.recompile()
+        self._root, self._graph, self._model = hoisted(model), model.graph, model  # fx re-made it with its own code
         names = {node.name for node in self._graph.nodes}
         if self._analysis is not None and set(self._analysis.node_ids) != names:
             self._analysis = None

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.tracing.codegen import hoisted
 from stages.artifacts import load_pickled, load_state_dict, read_json, save_pickled, save_state_dict, write_json
 from stages.errors import StageError
 from stages.models import rebuild_model
@@ -47,7 +48,7 @@ def load_bundle(out_dir: str | Path, *, safe: bool = False) -> nn.Module:
     """The saved model: the exact dill module, or (`safe=True`) the rebuild that runs no pickled code."""
     out_dir = Path(out_dir)
     if not safe:
-        return load_pickled(out_dir / MODEL_FILE, nn.Module)
+        return hoisted(load_pickled(out_dir / MODEL_FILE, nn.Module))  # unpickling restored fx's own code
     architecture = read_json(out_dir / ARCHITECTURE_FILE)
     if not architecture.get("rebuild_verified", False):
         raise StageError(f"{out_dir}: {ARCHITECTURE_FILE} and {WEIGHTS_FILE} did not rebuild this model when it was "

@@ -9,7 +9,7 @@ from torch import fx, nn
 from pruning import PruningIR, UniformLabelSelector
 from pruning.magnitude import MagnitudeCriterion
 from pruning.tracing import trace_model
-from pruning.tracing.codegen import ModuleLookups, hoist_module_lookups
+from pruning.tracing.codegen import ModuleLookups, hoist_module_lookups, hoisted
 from stages.models import DigitsResNet
 
 
@@ -50,6 +50,7 @@ def test_repeated_containers_are_bound_once_and_outputs_match_eager():
 
 
 def test_pruned_model_code_is_hoisted_and_survives_pickle_and_deepcopy():
+    """torch.load gives back fx's own code (fx re-traces the pickled code); ``hoisted`` restores ours."""
     torch.manual_seed(0)
     model = DigitsResNet().eval()
     x = torch.randn(2, 1, 8, 8)
@@ -62,6 +63,8 @@ def test_pruned_model_code_is_hoisted_and_survives_pickle_and_deepcopy():
     torch.save(pruned, buffer)
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=False)
+    assert "_layer1 = self.layer1" not in loaded.code  # fx pickles the code and traces it again
+    assert hoisted(loaded) is loaded and "_layer1 = self.layer1" in loaded.code
     with torch.no_grad():
         expected = pruned(x)
         assert torch.equal(loaded(x), expected)
@@ -121,3 +124,17 @@ def test_a_saved_ir_loads_with_hoisted_code_and_the_same_fingerprints():
     assert "_layer1 = self.layer1" in loaded.model.code
     assert loaded.snapshot().ir_uid == ir.snapshot().ir_uid
     assert fingerprint(loaded.model, values=False) == fingerprint(ir.model, values=False)
+
+
+def test_torchscript_compiles_the_hoisted_code():
+    import warnings
+
+    torch.manual_seed(0)
+    model = DigitsResNet().eval()
+    x = torch.randn(2, 1, 8, 8)
+    traced = trace_model(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated, still used
+        scripted = torch.jit.script(traced)
+    with torch.no_grad():
+        assert torch.equal(scripted(x), model(x))

@@ -128,6 +128,8 @@ def test_prune_and_finetune_save_a_rebuildable_model(calibrated, tmp_path):
     for name in ("pruned", "finetuned"):
         exact, safe = load_bundle(tmp_path / name).eval(), load_bundle(tmp_path / name, safe=True).eval()
         assert torch.allclose(exact(x), safe(x), atol=1e-6)
+        # both forms run our generated code (unpickling alone gives back fx's), pruning.tracing.codegen
+        assert "_layer1 = self.layer1" in exact.code and "_layer1 = self.layer1" in safe.code
     assert json.loads((tmp_path / "finetuned" / "architecture.json").read_text())["rebuild_verified"]
 
 
