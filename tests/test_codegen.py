@@ -108,9 +108,13 @@ def test_installing_twice_binds_once():
     assert code.count("_layer1 = self.layer1") == 1
 
 
-def test_a_line_that_does_not_parse_leaves_the_body_as_fx_wrote_it():
-    body = ["# COUNTER: 0\n", "a = self.m.x(y)\n", "b = self.m.z(a\n"]
-    assert ModuleLookups()(body) == body
+def test_paths_inside_string_constants_are_left_alone():
+    body = ["# COUNTER: 0\n", "a = self.m.x(y)\n", "# COUNTER: 1\n", "b = self.m.z(a, 'self.m.x', \"it's self.m\")\n"]
+    code = "".join(ModuleLookups()(body))
+    assert code.startswith("_m = self.m\n")
+    assert "a = _m.x(y)" in code and "b = _m.z(a, 'self.m.x', \"it's self.m\")" in code
+    last_line = "".join(ModuleLookups()(body[:-1] + ["b = self.m.z(a, 'self.m.x')"]))  # no newline at the end
+    assert last_line.endswith("b = _m.z(a, 'self.m.x')")
 
 
 def test_a_saved_ir_loads_with_hoisted_code_and_the_same_fingerprints():

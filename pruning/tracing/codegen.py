@@ -12,19 +12,17 @@ each such path to a local at the top of the forward and writes the calls through
 What the code computes is unchanged: the lookups still happen on every call (a submodule replaced between
 calls is the one used), only leaf targets' containers are bound (never a parameter or buffer read by a
 ``get_attr``), and the graph itself is untouched, so analysis, pickling (fx re-traces the code) and
-``torch.jit.script`` see the same model. A body line that does not parse on its own leaves the code as
-fx wrote it.
+``torch.jit.script`` see the same model. The paths are found in the text fx wrote, by the form fx writes
+them in (``self``, then ``.name`` or a ``getattr(..., "0")`` around it), outside string constants.
 """
 from __future__ import annotations
 
-import ast
 import re
 from collections import Counter
 from typing import Callable
 
 from torch import fx, nn
 
-_COUNTER = re.compile(r"^\s*# COUNTER: \d+$")  # fx's node-index markers, removed after the transformer
 Path = tuple[str, ...]
 
 
@@ -50,8 +48,8 @@ def hoisted(model: nn.Module) -> nn.Module:
 class ModuleLookups:
     """fx body transformer (``Graph.on_generate_code``) that binds repeated submodule paths to locals.
 
-    A module-level class rather than a closure: the graph's code generator, and so this object, is
-    deep-copied with the graph and pickled with an IR snapshot.
+    A module-level class rather than a closure, so that the graph's code generator, which holds it, can be
+    deep-copied and pickled with the graph.
     """
 
     def __init__(self, previous: Callable[[list[str]], list[str]] | None = None) -> None:
@@ -60,19 +58,13 @@ class ModuleLookups:
     def __call__(self, body: list[str]) -> list[str]:
         if self.previous is not None:
             body = self.previous(body)
-        lines = "".join(body).split("\n")
-        occurrences: dict[int, list[tuple[ast.AST, Path]]] = {}
-        for number, line in enumerate(lines):
-            if line.strip() and not _COUNTER.match(line):
-                try:
-                    occurrences[number] = _paths_in(ast.parse(line))
-                except SyntaxError:
-                    return body
-        uses = Counter(path[:k] for found in occurrences.values() for _, path in found for k in range(1, len(path)))
+        text = "".join(body)
+        found = _paths_in(text)
+        uses = Counter(path[:k] for _, _, path in found for k in range(1, len(path)))
         shared = sorted(path for path, count in uses.items() if count > 1)
         if not shared:
             return body
-        taken = set(re.findall(r"[A-Za-z_]\w*", "".join(body)))
+        taken = set(_NAME.findall(text))
         local: dict[Path, str] = {}
         for path in shared:  # sorted, so a path's containers are named before it
             name = "_" + "_".join(re.sub(r"\W", "_", part) for part in path)
@@ -88,13 +80,19 @@ class ModuleLookups:
                     return _format(local[path[:k]], path[k:])
             return _format("self", path)
 
-        for number, found in occurrences.items():
-            code = lines[number].encode()  # ast offsets count UTF-8 bytes
-            for node, path in sorted(found, key=lambda item: -item[0].col_offset):
-                code = code[:node.col_offset] + expression(path).encode() + code[node.end_col_offset:]
-            lines[number] = code.decode()
+        pieces, done = [], 0
+        for start, end, path in found:
+            pieces += [text[done:start], expression(path)]
+            done = end
         bindings = "; ".join(f"{local[path]} = {expression(path)}" for path in shared)
-        return [bindings + "\n", "\n".join(lines)]
+        return [bindings + "\n", "".join(pieces) + text[done:]]
+
+
+_NAME = re.compile(r"[A-Za-z_]\w*")
+_CHAIN = r"((?:\.[A-Za-z_]\w*)*)"  # .name.name...
+_ROOT = re.compile(r"(?<![\w.])self\b" + _CHAIN)
+_AFTER_GETATTR = re.compile(r', "([^"]*)"\)' + _CHAIN)
+_STRING = re.compile(r"'(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"")
 
 
 def _format(base: str, path: Path) -> str:
@@ -104,30 +102,21 @@ def _format(base: str, path: Path) -> str:
     return base
 
 
-def _path(node: ast.AST) -> Path | None:
-    """The attribute path from ``self`` that ``node`` reads (``()`` for ``self``), or None."""
-    if isinstance(node, ast.Name):
-        return () if node.id == "self" else None
-    if isinstance(node, ast.Attribute):
-        base = _path(node.value)
-        return None if base is None else (*base, node.attr)
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
-            and len(node.args) == 2 and not node.keywords and isinstance(node.args[1], ast.Constant)
-            and isinstance(node.args[1].value, str)):
-        base = _path(node.args[0])
-        return None if base is None else (*base, node.args[1].value)
-    return None
-
-
-def _paths_in(tree: ast.AST) -> list[tuple[ast.AST, Path]]:
-    """The outermost expressions in ``tree`` that read a path from ``self``, with their paths."""
+def _paths_in(text: str) -> list[tuple[int, int, Path]]:
+    """(start, end, path) of every target fx wrote in ``text``, in order: ``self`` followed by its parts the
+    way :func:`_format` writes them, outside string literals."""
     found = []
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        path = _path(node)
+    for match in _ROOT.finditer(text):
+        start, end = match.span()
+        line = text.rfind("\n", 0, start) + 1  # fx writes a target before any string constant on its line
+        if "'" in text[line:start] or '"' in text[line:start]:
+            line_end = text.find("\n", start) % (len(text) + 1)  # -1 (the last line): len(text)
+            if any(m.start() < start < m.end() for m in _STRING.finditer(text, line, line_end)):
+                continue  # the word inside a string constant
+        path = match.group(1).split(".")[1:]
+        while text.endswith("getattr(", 0, start) and (match := _AFTER_GETATTR.match(text, end)):
+            start, end = start - len("getattr("), match.end()
+            path += [match.group(1), *match.group(2).split(".")[1:]]
         if path:
-            found.append((node, path))
-        else:
-            stack.extend(ast.iter_child_nodes(node))
+            found.append((start, end, tuple(path)))
     return found
