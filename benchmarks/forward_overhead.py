@@ -53,7 +53,7 @@ def fx_code(model: fx.GraphModule) -> fx.GraphModule:
         return fx.GraphModule(model, model.graph, type(model).__name__)
 
 
-def variants(name: str) -> tuple[dict[str, nn.Module], bool]:
+def variants(name: str) -> tuple[dict[str, nn.Module], torch.Tensor, bool]:
     model, x, classes = build(name)
     ir = PruningIR(copy.deepcopy(model), example_input=x)
     with MagnitudeCriterion(ir) as collector:
@@ -63,12 +63,11 @@ def variants(name: str) -> tuple[dict[str, nn.Module], bool]:
     same = ({k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()})
     models = {"eager": model, "fx code": fx_code(ir.model), "ours traced": ir.model,
               "peer pruned": theirs, "ours pruned, fx code": fx_code(ours), "ours pruned": ours}
-    return models, same
+    return models, x, same
 
 
 def measure(name: str, rounds: int, seconds: float) -> dict:
-    models, same = variants(name)
-    x = build(name)[1]
+    models, x, same = variants(name)
     once = latency.measured_latency(x, warmup=1, repeats=3)(models["eager"]) / 1000
     repeats = max(5, round(seconds / once))  # a block of about `seconds` of calls, however fast the model
     timer = latency.measured_latency(x, warmup=max(2, repeats // 4), repeats=repeats)
