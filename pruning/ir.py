@@ -146,14 +146,14 @@ class Snapshot:
         # Unpickling re-creates the GraphModule from its code; node names normally survive. If they
         # did not, the analysis no longer matches the graph: redo it from the stored example.
         state = dict(state)
-        model = state.pop("model")
+        model = hoisted(state.pop("model"))  # fx re-made the unpickled model with its own code generation
         if "ir_uid" in state:  # saved by a version that stored the id eagerly
             state["_uid"] = state.pop("ir_uid")
         state.setdefault("input_means", None)  # saved by a version without mean compensation
         state.setdefault("input_covariances", None)  # saved by a version without regression compensation
         state.setdefault("input_samples", None)
         self.__dict__.update(state)
-        self._root, self._graph, self._model = hoisted(model), model.graph, model  # fx re-made it with its own code
+        self._root, self._graph, self._model = model, model.graph, model
         names = {node.name for node in self._graph.nodes}
         if self._analysis is not None and set(self._analysis.node_ids) != names:
             self._analysis = None

@@ -101,11 +101,14 @@ def test_local_names_do_not_collide():
         assert torch.equal(traced(x), model(x))
 
 
-def test_installing_twice_binds_once():
-    graph = copy.deepcopy(trace_model(DigitsResNet()).graph)
-    hoist_module_lookups(graph)
+def test_installing_twice_binds_once_and_a_hoisted_model_is_not_recompiled():
+    traced = trace_model(DigitsResNet())
+    graph = copy.deepcopy(traced.graph)  # the deep copy keeps the transformer
+    assert hoist_module_lookups(graph) is False
     code = fx.GraphModule(DigitsResNet(), graph).code
     assert code.count("_layer1 = self.layer1") == 1
+    forward = type(traced).forward
+    assert hoisted(traced) is traced and type(traced).forward is forward  # no second code generation
 
 
 def test_paths_inside_string_constants_are_left_alone():
