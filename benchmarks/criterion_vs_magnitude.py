@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pruning.channels.propagation import get_tensor
+from pruning.nodes import get_tensor
 from pruning.selectors import GlobalScoreLabelSelector, UniformLabelSelector
 from stages.artifacts import load_pickled
 from stages.data import load_split, make_loader

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .rules.base import is_size
+from .nodes import is_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from .ir import Snapshot

@@ -10,10 +10,12 @@ import torch
 from torch import fx, nn
 from torch.nn.parameter import is_lazy
 
-from .channels.propagation import Analysis, Context, ParamSite, get_tensor
+from . import rules  # noqa: F401  (registers the built-in rules)
+from .channels.propagation import Analysis, Context, ParamSite
 from .compensation import method as compensation_method
 from .compensation import plan
 from .labels import Label, check_selection
+from .nodes import get_tensor
 from .surgery import graph_module, prune_graph_module
 from .tracing import record_shapes, trace_graph
 from .tracing.codegen import hoisted

@@ -15,7 +15,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from .ir import Label, PruningIR
-from .channels.propagation import get_tensor
+from .nodes import get_tensor
 
 
 def zero_labels(ir: PruningIR, labels: Sequence[Label], name: str = "main") -> None:

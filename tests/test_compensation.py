@@ -12,7 +12,7 @@ from torch import nn
 
 from pruning import GlobalScoreLabelSelector, LossAwareCriterion, PruningIR
 from pruning.replay import pruning_record, replay
-from pruning.rules.base import MODULE_RULES
+from pruning.registry import rule_for
 
 from models import Grouped, Residual
 from test_regression_compensation import MixedUnits, mixed_labels
@@ -108,7 +108,7 @@ def test_means_are_the_input_channel_means_over_all_batches():
 def test_output_shift_is_what_a_constant_input_shift_does(module, shape):
     """Interior outputs (no padding here) change by output_shift when inputs shift by a constant per channel."""
     torch.manual_seed(0)
-    rule = MODULE_RULES[type(module)]
+    rule = rule_for(type(module))
     dim = rule.input_channel_dim(module, torch.Size(shape))
     shift = torch.randn(shape[dim])
     x = torch.randn(*shape)

@@ -356,7 +356,7 @@ torch.fx.wrap("roll_last")
 
 def test_rules_registered_by_qualified_name_apply_to_that_function():
     from pruning.rules import Rule, register_rule
-    from pruning.rules.base import NAMED_RULES
+    from pruning.registry import RULES
 
     class PassThrough(Rule):
         def propagate(self, ctx, node):
@@ -379,7 +379,7 @@ def test_rules_registered_by_qualified_name_apply_to_that_function():
         assert ir.snapshot().opaque_ops == [] and len(ir.snapshot().labels) == 6
         assert equivalence_error(ir, ir.snapshot().labels[::2], x) < 1e-6
     finally:
-        del NAMED_RULES[f"{__name__}.roll_last"]
+        del RULES.named[f"{__name__}.roll_last"]
 
 
 def test_timm_same_padding_convolutions_prune():

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 from pruning import GlobalScoreLabelSelector, LossAwareCriterion, MagnitudeCriterion, PruningIR, compensation
-from pruning.rules.base import MODULE_RULES
+from pruning.registry import rule_for
 from pruning.rules.modules import TransposedLinearModule
 
 from models import Grouped
@@ -135,7 +135,7 @@ def test_layers_that_cannot_mix_their_inputs_or_share_their_weight_get_the_mean(
 ])
 def test_mixed_weight_computes_on_mixed_inputs(module, shape):
     torch.manual_seed(0)
-    rule = MODULE_RULES[type(module)]
+    rule = rule_for(type(module))
     dim = rule.input_channel_dim(module, torch.Size(shape))
     assert rule.mixes_inputs(module)
     mix = torch.randn(shape[dim], shape[dim], dtype=torch.float64)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pruning import PruningIR
-from pruning.rules.base import FUNCTION_RULES, METHOD_RULES, MODULE_RULES
+from pruning.registry import rule_for
 from pruning.surgery import _copy_module
 from pruning.tracing import record_shapes, trace_model
 
@@ -40,7 +40,7 @@ def test_output_shape_matches_the_real_module(module, shape):
     module.eval()
     with torch.no_grad():
         expected = tuple(module(torch.randn(shape)).shape)
-    assert MODULE_RULES[type(module)].output_shape(module, torch.Size(shape)) == expected
+    assert rule_for(type(module)).output_shape(module, torch.Size(shape)) == expected
 
 
 @pytest.mark.parametrize("module,shape", [
@@ -50,7 +50,7 @@ def test_output_shape_matches_the_real_module(module, shape):
     (nn.AdaptiveMaxPool2d(2, return_indices=True), (1, 2, 6, 6)),  # returns a tuple
 ])
 def test_output_shape_declines_inputs_it_does_not_model(module, shape):
-    assert MODULE_RULES[type(module)].output_shape(module, torch.Size(shape)) is None
+    assert rule_for(type(module)).output_shape(module, torch.Size(shape)) is None
 
 
 def test_shape_pass_reports_the_real_error_for_a_bad_input():
@@ -166,7 +166,7 @@ def _stand_in(spec):
 @pytest.mark.parametrize("target,specs", ELEMENTWISE_CASES, ids=lambda v: getattr(v, "__name__", str(v)))
 def test_call_shape_matches_the_real_op(target, specs):
     args = [_stand_in(spec) for spec in specs]
-    rule = (METHOD_RULES if isinstance(target, str) else FUNCTION_RULES)[target]
+    rule = rule_for(target)
     run = (lambda *a: getattr(a[0], target)(*a[1:])) if isinstance(target, str) else target
     assert rule.call_shape(target, tuple(args), {}) == tuple(run(*args).shape)
 
@@ -179,7 +179,7 @@ def test_call_shape_matches_the_real_op(target, specs):
     (operator.mul, (torch.randn(2), True)),
 ])
 def test_call_shape_declines_what_it_does_not_model(target, args):
-    rule = (METHOD_RULES if isinstance(target, str) else FUNCTION_RULES)[target]
+    rule = rule_for(target)
     assert rule.call_shape(target, args, {}) is None
 
 

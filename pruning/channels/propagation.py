@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..rules import base
+from .. import registry
+from ..nodes import flatten_args, get_tensor, is_size
 from ..tracing.recorded import helper_call
 from .space import ChannelSpace
 from .values import SizeOf
@@ -51,8 +52,8 @@ class Analysis:
     groups: list[np.ndarray]
     node_ids: dict[str, Any] = field(repr=False)
     shapes: dict[str, Any] = field(repr=False)
-    rewrites: list[tuple[str, base.Rule]] = field(repr=False)
-    module_rules: dict[str, base.Rule] = field(repr=False)
+    rewrites: list[tuple[str, registry.Rule]] = field(repr=False)
+    module_rules: dict[str, registry.Rule] = field(repr=False)
     #: Ops no rule understands that channels reached (each blocked them), and such layers with
     #: parameters (their own channels stay), as 'node (op)'.
     opaque: list[str] = field(default_factory=list)
@@ -85,12 +86,6 @@ def tensor_aliases(known: dict[str, torch.Tensor]) -> dict[str, str]:
     reused by the output layer, are one tensor under several names)."""
     first: dict[int, str] = {}
     return {name: first.setdefault(id(tensor), name) for name, tensor in known.items()}
-
-
-def get_tensor(module: nn.Module, name: str) -> torch.Tensor:
-    """The parameter, buffer or tensor attribute at a qualified name."""
-    owner, _, attr = name.rpartition(".")
-    return getattr(module.get_submodule(owner) if owner else module, attr)
 
 
 class Context:
@@ -129,14 +124,14 @@ class Context:
         return None
 
     def input_values(self, node: fx.Node) -> list[Any]:
-        return [self.values.get(a) for a in base.flatten_args((node.args, node.kwargs))
+        return [self.values.get(a) for a in flatten_args((node.args, node.kwargs))
                 if isinstance(a, fx.Node)]
 
     def tensor_inputs(self, node: fx.Node) -> list[tuple[Any, torch.Size]]:
         """(value, shape) of every tensor argument, in argument order."""
         out = []
-        for a in base.flatten_args((node.args, node.kwargs)):
-            if isinstance(a, fx.Node) and base.is_size(self.shape(a)):
+        for a in flatten_args((node.args, node.kwargs)):
+            if isinstance(a, fx.Node) and is_size(self.shape(a)):
                 out.append((self.values.get(a) or (None,) * len(self.shape(a)), self.shape(a)))
         return out
 
@@ -216,7 +211,7 @@ class Context:
 
     def untracked(self, shape: Any) -> Any:
         """A value with no channels for the given recorded shape."""
-        if base.is_size(shape):
+        if is_size(shape):
             return (None,) * len(shape)
         if isinstance(shape, list):
             return [self.untracked(s) for s in shape]
@@ -231,8 +226,8 @@ class Context:
 
     # --- driver --------------------------------------------------------------------------
     def run(self) -> Analysis:
-        rewrites: list[tuple[str, base.Rule]] = []
-        module_rules: dict[str, base.Rule] = {}
+        rewrites: list[tuple[str, registry.Rule]] = []
+        module_rules: dict[str, registry.Rule] = {}
         for node in self.graph.nodes:
             shape = node.meta.get("pruning_shape")
             if node.op == "placeholder":
@@ -245,28 +240,28 @@ class Context:
                 continue
             else:
                 module = self.module(node) if node.op == "call_module" else None
-                rule = base.lookup(node, module)
+                rule = registry.lookup(node, module)
                 value = rule.propagate(self, node)
                 if not rule.reads_sizes:
-                    for a in base.flatten_args((node.args, node.kwargs)):
+                    for a in flatten_args((node.args, node.kwargs)):
                         if isinstance(self.values.get(a) if isinstance(a, fx.Node) else None, SizeOf):
                             self.block_value(self.values[a])
                 if value is None:
                     value = self.untracked(shape)
                 self._record_flow(value)
-                if rule.rewrites:
+                if registry.overrides(rule, "rewrite"):
                     rewrites.append((node.name, rule))
-                if module is not None and type(rule).update_module is not base.Rule.update_module:
+                if module is not None and registry.overrides(rule, "update_module"):
                     module_rules[node.target] = rule
             self.values[node] = value
         return self._finish(rewrites, module_rules)
 
     def _get_attr(self, node: fx.Node, shape: Any) -> Any:
-        if not base.is_size(shape):
+        if not is_size(shape):
             return None
         return tuple(self.param_axis(node.target, d) if size > 1 else None for d, size in enumerate(shape))
 
-    def _finish(self, rewrites: list[tuple[str, base.Rule]], module_rules: dict[str, base.Rule]) -> Analysis:
+    def _finish(self, rewrites: list[tuple[str, registry.Rule]], module_rules: dict[str, registry.Rule]) -> Analysis:
         label_of_id, count, blocked, normalized = self.space.components()
         flow = label_of_id[np.concatenate(_distinct(self._flow))] if self._flow else np.zeros(0, dtype=np.int64)
         in_flow = np.zeros(count, dtype=bool)

@@ -3,7 +3,7 @@
 Importing this package registers the built-in rules. Add support for an op with
 ``register_rule(key, rule)``.
 """
-from .base import CONSERVATIVE, Rule, lookup, register, register_rule
+from ..registry import CONSERVATIVE, Rule, lookup, register, register_rule
 from . import (  # noqa: F401  (registration side effects)
     attention, detection, helpers, modules, mvit, recurrent, swin, tensor_ops, timm_ops,
 )

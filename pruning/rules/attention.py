@@ -4,7 +4,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..pruned_modules import PrunedMultiheadAttention
-from .base import CONSERVATIVE, Rule, arg, register
+from ..registry import CONSERVATIVE, Rule, register
+from ..nodes import arg
 from .common import packed_heads
 from .tensor_ops import _contract
 

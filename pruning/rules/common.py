@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import is_size
+from ..nodes import is_size
 
 
 def broadcast(ctx, out_shape: Sequence[int], inputs: list[tuple[Any, Sequence[int]]]) -> tuple:

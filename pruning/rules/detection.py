@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import CONSERVATIVE, Rule, arg, is_size, register_rule
+from ..registry import CONSERVATIVE, Rule, register_rule
+from ..nodes import arg, is_size
 
 
 def _pooled(ctx, node, feature_ids: object) -> tuple | list:

@@ -16,7 +16,7 @@ import inspect
 
 from torch import nn
 
-from .base import Fixed, Rule, keep_read, names_in_code, register_rule
+from ..registry import Fixed, Rule, keep_read, names_in_code, register_rule
 
 FIXED = Fixed()
 

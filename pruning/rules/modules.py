@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import CONSERVATIVE, Rule, register, register_rule
+from ..registry import CONSERVATIVE, Rule, register, register_rule
 from .common import group_norm_channels, im2col, pixel_shuffle, reshape, spatial, statistics_over, window_size
 from .tensor_ops import _contract, conv_channels
 
@@ -407,7 +407,6 @@ class BilinearModule(Rule):
 class ReshapeModule(Rule):
     """Flatten/Unflatten modules; Unflatten's literal sizes are rewritten after pruning."""
 
-    rewrites = True
 
     def propagate(self, ctx, node):
         value, shape = _input(ctx, node)

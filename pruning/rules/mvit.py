@@ -3,7 +3,8 @@ removing a head dim, the pooling residual and the decomposed relative position t
 name, so that torchvision need not be installed or imported)."""
 from __future__ import annotations
 
-from .base import CONSERVATIVE, Rule, arg, is_size, register_rule
+from ..registry import CONSERVATIVE, Rule, register_rule
+from ..nodes import arg, is_size
 from .common import broadcast
 from .tensor_ops import _contract
 

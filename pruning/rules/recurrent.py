@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from .base import CONSERVATIVE, Rule, register
+from ..registry import CONSERVATIVE, Rule, register
 from .tensor_ops import _contract
 
 

@@ -11,7 +11,8 @@ from ..pruned_modules import (
     pruned_shifted_window_attention,
     pruned_shifted_window_attention_3d,
 )
-from .base import CONSERVATIVE, Fixed, Rule, arg, register_rule
+from ..registry import CONSERVATIVE, Fixed, Rule, register_rule
+from ..nodes import arg
 from .common import packed_heads
 from .tensor_ops import _contract
 
@@ -30,7 +31,6 @@ class ShiftedWindowAttention(Rule):
     (``cosine=False``: its 12th argument is ``training``) and becomes ``pruned_shifted_window_attention_3d``.
     """
 
-    rewrites = True
 
     def __init__(self, pruned: Callable = pruned_shifted_window_attention, cosine: bool = True) -> None:
         self.pruned, self.cosine = pruned, cosine

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from .base import CONSERVATIVE, Fixed, Rule, arg, flatten_args, is_size, normalize_dim, register, target_name
+from ..registry import CONSERVATIVE, Fixed, Rule, register
+from ..nodes import arg, flatten_args, is_size, normalize_dim, target_name
 from ..channels.values import SizeOf
 from ..tracing.sizes import negated, size_count
 from ..tracing.structure import is_none, keys_of
@@ -214,7 +215,6 @@ class Reshape(Rule):
     Literal sizes in ``view``/``reshape``/``unflatten`` arguments are rewritten after pruning.
     """
 
-    rewrites = True
     reads_sizes = True
 
     def propagate(self, ctx, node):
@@ -340,7 +340,6 @@ class Permute(Rule):
 class Expand(Rule):
     """Size-1 dims grow: the grown dims carry no channels of the input (nor of ``other``'s)."""
 
-    rewrites = True
     reads_sizes = True
 
     def propagate(self, ctx, node):
@@ -419,7 +418,6 @@ class Split(Rule):
     time (a mixture of experts splits tokens by its routing) stay as they are: a split along channels
     by such sizes keeps its channels, and a split along any other dim is not rewritten."""
 
-    rewrites = True
 
     def propagate(self, ctx, node):
         x = node.args[0]
@@ -572,7 +570,6 @@ class GetItem(Rule):
     block the channels involved.
     """
 
-    rewrites = True
     reads_sizes = True
 
     def shaped_by_values(self, node):
@@ -979,7 +976,6 @@ class Linear(Rule):
 class Conv(Rule):
     """``F.convNd(x, weight, bias, stride, padding, dilation, groups)``; see ``conv_channels``."""
 
-    rewrites = True
 
     def propagate(self, ctx, node):
         x, w, b = node.args[0], arg(node, 1, "weight"), arg(node, 2, "bias")
@@ -1043,7 +1039,6 @@ class LayerNormFn(Rule):
     """``F.layer_norm``: affine params follow the normalised trailing dims; ``normalized_shape`` is
     rewritten after pruning."""
 
-    rewrites = True
 
     def propagate(self, ctx, node):
         x = node.args[0]
@@ -1107,7 +1102,6 @@ class PReLUFn(Rule):
 class GroupNormFn(Rule):
     """``F.group_norm``: pruned by whole groups; ``num_groups`` is rewritten."""
 
-    rewrites = True
 
     def propagate(self, ctx, node):
         vx = ctx.value(node.args[0])
@@ -1144,7 +1138,6 @@ class ScaledDotProductAttention(Rule):
     explicitly, so removing dead features leaves the attention unchanged.
     """
 
-    rewrites = True
 
     def propagate(self, ctx, node):
         q, k, v = (ctx.value(a) for a in node.args[:3])

@@ -2,7 +2,8 @@
 registered by name, so that timm need not be installed or imported."""
 from __future__ import annotations
 
-from .base import Rule, arg, register_rule
+from ..registry import Rule, register_rule
+from ..nodes import arg
 from .common import spatial
 from .tensor_ops import Conv
 

@@ -8,8 +8,8 @@ import torch
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
-from ..channels.propagation import get_tensor
-from ..rules.base import CONSERVATIVE, FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Rule, registered
+from ..nodes import get_tensor
+from ..registry import CONSERVATIVE, overrides, registered, rule_for
 from .recorded import helper_call
 from .state import evaluated
 
@@ -127,7 +127,7 @@ def evaluate(node: fx.Node, env: dict[fx.Node, Any], root: nn.Module, modules: d
         return shaped
     if registered(node, None) is not None and node.target is not helper_call:
         return _call(node, args, kwargs)
-    # An opaque call: the model's tensors and submodules it uses (rules.base.keep_read). Only here: replacing
+    # An opaque call: the model's tensors and submodules it uses (pruning.registry.keep_read). Only here: replacing
     # nn.Module.__getattr__ invalidates the attribute caches of every module class (about 0.1 ms).
     with module_reads() as reads:
         value = _call(node, args, kwargs)
@@ -166,9 +166,8 @@ def module_reads() -> Iterator[list[tuple[nn.Module, str]]]:
 def _call_shape(node: fx.Node, args: tuple, kwargs: dict) -> "_Shaped | None":
     """A function or method call's output as a ``_Shaped``, when its rule knows the shape
     (``Rule.call_shape``) and its tensor arguments share one dtype and device."""
-    rules = FUNCTION_RULES if node.op == "call_function" else METHOD_RULES
-    rule = rules.get(node.target)
-    if rule is None or type(rule).call_shape is Rule.call_shape:
+    rule = rule_for(node.target, by_name=False)
+    if rule is None or not overrides(rule, "call_shape"):
         return None
     tensors = [a for a in args if isinstance(a, (torch.Tensor, _Shaped))]
     if not tensors or any(isinstance(v, (torch.Tensor, _Shaped)) for v in kwargs.values()) or \
@@ -181,7 +180,7 @@ def _call_shape(node: fx.Node, args: tuple, kwargs: dict) -> "_Shaped | None":
 def _call_module(module: nn.Module, args: tuple, kwargs: dict, fake: bool) -> Any:
     if fake and len(args) == 1 and not kwargs and isinstance(args[0], (torch.Tensor, _Shaped)):
         x = args[0]
-        shape = MODULE_RULES.get(type(module), CONSERVATIVE).output_shape(module, x.shape)
+        shape = (rule_for(type(module), by_name=False) or CONSERVATIVE).output_shape(module, x.shape)
         # A dtype or device mismatch would fail for real: run the module to raise its own error. Hooks
         # may change inputs or outputs: run the module so that they do.
         if shape is not None and not module._forward_hooks and not module._forward_pre_hooks \

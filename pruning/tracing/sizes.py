@@ -38,7 +38,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicO
 from torch.fx._symbolic_trace import _maybe_revert_all_patches
 from torch.utils import _pytree as pytree
 
-from ..rules.base import registered
+from ..registry import registered
 from .shapes import bind_inputs, evaluate
 from .state import eval_mode
 

@@ -32,7 +32,7 @@ import torch
 from torch import fx, nn
 from torch.fx._symbolic_trace import _assert_is_none
 
-from ..rules.base import function_rule, module_rule
+from ..registry import rule_for
 from .composites import TRACED_FORWARDS
 from .codegen import hoist_module_lookups
 from .recorded import first_proxy, helper_call, recorded_calls, recording
@@ -259,7 +259,7 @@ class _Tracer(fx.Tracer):
             return True
         if type(m) in TRACED_FORWARDS:  # composites of known layers: traced through (see composites)
             return False
-        return module_rule(type(m)) is not None or super().is_leaf_module(m, module_qualified_name)
+        return rule_for(type(m)) is not None or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m, forward, args, kwargs):
         if not self._installed(m):
@@ -279,7 +279,7 @@ class _Tracer(fx.Tracer):
             if self.failed_module is None:  # the innermost module sees the error first
                 self.failed_module = self.path_of_module(m)
             raise
-        if (isinstance(output, fx.Proxy) and output.node.op == "call_module" and module_rule(type(m)) is None
+        if (isinstance(output, fx.Proxy) and output.node.op == "call_module" and rule_for(type(m)) is None
                 and output.node.target == self.path_of_module(m)):
             return self._like_example(output)  # an opaque module (soft tracing's, or the caller's leaf)
         return output
@@ -425,7 +425,7 @@ def trace_graph(
             culprit = _failing_function(error)
             if soft_tracing and culprit is not None and culprit not in leaf_functions:
                 leaf_functions.append(culprit)
-                if function_rule(culprit) is None:  # with a rule (roi_align), one call is what the rule reads
+                if rule_for(culprit) is None:  # with a rule (roi_align), one call is what the rule reads
                     warnings.warn(
                         f"soft tracing: function {culprit.__module__}.{culprit.__qualname__} (called by "
                         f"{name or 'the model'}) cannot be traced ({type(error).__name__}: {error}); it is "

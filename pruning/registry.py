@@ -1,10 +1,10 @@
-"""The rule registry: one small rule per op kind.
+"""Rules and the registry that finds them: one small rule per op kind.
 
-A rule says how the channels of an op's inputs reach its output (``propagate``), and how the op is
-kept valid once channels are removed: literal sizes in its arguments (``rewrite``) and attributes of
-its module (``update_module``); module rules may also give the module's output shape
-(``output_shape``) so that the shape pass need not run it. Parameter slicing itself is generic: a
-rule only declares which parameter dimensions carry which channels (``ctx.param_axis``).
+A rule says how the channels of an op's inputs reach its output, and how the op is kept valid once
+channels are removed; :class:`Rule` lists its hooks. Every layer looks rules up here (the tracer to
+decide which calls are leaves, the shape pass, channel propagation), so this module imports nothing
+from the package but :mod:`pruning.nodes`; the built-in rules register themselves when
+:mod:`pruning.rules` is imported.
 
 Contract of ``propagate``: every channel id that reaches the op must be accounted for: passed on to
 the output, merged with other ids, or blocked. Ids that silently vanish could be pruned wrongly, so the
@@ -12,26 +12,66 @@ fallback for anything unknown is :class:`Conservative`: block every input channe
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import inspect
 import types
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import fx, nn
 
+from .nodes import flatten_args
+
 if TYPE_CHECKING:  # pragma: no cover
-    from ..channels.propagation import Context
-    from ..surgery import Rewriter
+    from .channels.propagation import Context
+    from .surgery import Rewriter
 
 
 class Rule:
-    """Base class: how channels pass through one kind of op, and how the op is sliced."""
+    """Base class: how channels pass through one kind of op, and how the op is sliced.
 
-    #: True if ``rewrite`` must run on this node after pruning (it holds literal sizes).
-    rewrites = False
-    #: True if the rule handles sizes read from tensors among its arguments (see ``SizeOf``);
+    Override only the hooks your op needs; the analysis calls a hook only where a rule overrides it
+    (:func:`overrides`):
+
+    ==========================  =====================================================================
+    hook                        override it when
+    ==========================  =====================================================================
+    :meth:`propagate`           always: say which input channels reach the output (pass, merge, block)
+    :meth:`rewrite`             the call holds literal sizes (``x.view(n, 64, -1)``) to update after pruning
+    :meth:`update_module`       a module rule whose module keeps sizes in attributes (``out_channels``)
+    :meth:`output_shape`        a module rule that can give its output shape without running (speed only)
+    :meth:`call_shape`          the same for a function or method rule
+    :meth:`shaped_by_values`    the output shape may depend on tensor values (boolean-mask indexing)
+    :meth:`input_channel_dim`,  the layer is affine in its input (mean compensation of removed inputs)
+    :meth:`output_shift`
+    :meth:`mixes_inputs`,       the layer mixes its input channels (regression compensation)
+    :meth:`mixed_weight`
+    ==========================  =====================================================================
+
+    Parameter slicing is generic: a rule only declares which parameter dims carry which channels
+    (``ctx.param_axis``). Set :attr:`reads_sizes` if ``propagate`` handles sizes read from tensors.
+
+    A complete rule, for a function that rolls the last dim and so leaves every channel where it is::
+
+        def roll_last(x):
+            return torch.roll(x, 1, dims=-1)
+        torch.fx.wrap("roll_last")              # a leaf of the trace
+
+        class PassThrough(Rule):
+            def propagate(self, ctx, node):
+                return ctx.value(node.args[0])  # the output carries the input's channels
+
+        ir = PruningIR(model, example_input=x, rules={roll_last: PassThrough()})
+        ir.snapshot().opaque_ops
+        # []   (without the rule: ValueError naming roll_last)
+
+    ``rules=`` applies to one IR; :func:`register_rule` applies to every IR built afterwards.
+    """
+
+    #: True if ``propagate`` handles sizes read from tensors among its arguments (see ``SizeOf``);
     #: otherwise the channels such sizes come from are blocked.
     reads_sizes = False
 
@@ -164,12 +204,80 @@ class Container(Fixed):
 
 CONSERVATIVE = Conservative()
 CONTAINER = Container()
-MODULE_RULES: dict[type, Rule] = {}
-FUNCTION_RULES: dict[Callable, Rule] = {}
-METHOD_RULES: dict[str, Rule] = {}
-#: Rules for functions of other libraries, by qualified name, so that registering needs no import.
-#: Rules by qualified name, for functions and module types of packages that need not be installed.
-NAMED_RULES: dict[str, Rule] = {}
+
+
+def qualified_name(obj: Any) -> str:
+    """``module.qualname`` of a function or class: the key of a rule registered by name."""
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+
+
+class RuleTable:
+    """Rules by key: a module type (``call_module``), a method name (``"view"``, ``call_method``), a
+    function (``call_function``), or a function or module type by its qualified name
+    (``"timm.layers.padding.pad_same"``: any string with a dot), so that registering needs no import.
+
+    ::
+
+        table = RuleTable({nn.Conv2d: ConvModule(), "view": Reshape()})
+        table.get(nn.Conv2d), table.get("view"), table.get(nn.Linear)
+        # (<ConvModule>, <Reshape>, None)
+    """
+
+    def __init__(self, rules: dict[type | Callable | str, "Rule"] | None = None) -> None:
+        self.modules: dict[type, Rule] = {}
+        self.functions: dict[Callable, Rule] = {}
+        self.methods: dict[str, Rule] = {}
+        self.named: dict[str, Rule] = {}
+        for key, rule in (rules or {}).items():
+            self.add(key, rule)
+
+    def add(self, key: type | Callable | str, rule: "Rule") -> None:
+        """Add ``rule`` under ``key``, replacing the rule it had."""
+        if not isinstance(rule, Rule):
+            raise TypeError(f"the rule for {key!r} is {rule!r}, not a Rule instance: pass an instance "
+                            "of a pruning.rules.Rule subclass")
+        self._table(key)[key] = rule
+
+    def get(self, key: type | Callable | str, by_name: bool = True) -> "Rule | None":
+        """The rule for ``key``, else (with ``by_name``, for functions and module types) the rule
+        registered under its qualified name, else None."""
+        rule = self._table(key).get(key)
+        if rule is None and by_name and not isinstance(key, str):
+            rule = self.named.get(qualified_name(key))
+        return rule
+
+    def _table(self, key: Any) -> dict:
+        if isinstance(key, str):
+            return self.named if "." in key else self.methods
+        if isinstance(key, type) and issubclass(key, nn.Module):
+            return self.modules
+        if callable(key):
+            return self.functions
+        raise TypeError(f"cannot register a rule for {key!r}: expected a module type, a method or qualified "
+                        "name, or a function")
+
+
+#: The rules every IR sees: the built-in ones (registered when :mod:`pruning.rules` is imported) and
+#: those added with :func:`register_rule`.
+RULES = RuleTable()
+_LOCAL: contextvars.ContextVar[RuleTable | None] = contextvars.ContextVar("pruning_local_rules", default=None)
+
+
+@contextlib.contextmanager
+def local_rules(table: RuleTable | None) -> Iterator[None]:
+    """Within the block, rules of ``table`` take precedence over the registry (one IR's ``rules=``)."""
+    token = _LOCAL.set(table)
+    try:
+        yield
+    finally:
+        _LOCAL.reset(token)
+
+
+def rule_for(key: type | Callable | str, by_name: bool = True) -> "Rule | None":
+    """The rule for a module type, method name or function: the IR's own rules first (see
+    :func:`local_rules`), then the registry; None where neither has one."""
+    local = _LOCAL.get()
+    return (local is not None and local.get(key, by_name)) or RULES.get(key, by_name)
 
 
 def register(*keys: type | Callable | str) -> Callable[[type[Rule]], type[Rule]]:
@@ -189,32 +297,22 @@ def register(*keys: type | Callable | str) -> Callable[[type[Rule]], type[Rule]]
 
 
 def register_rule(key: type | Callable | str, rule: Rule) -> None:
-    """Register ``rule`` for a module type, a method name (``"view"``), a function, or a function or
-    module type by its qualified name (``"timm.layers.padding.pad_same"``: any name with a dot).
+    """Register ``rule`` for every IR built afterwards, under a module type, a method name (``"view"``),
+    a function, or a function or module type by its qualified name (any name with a dot). For one IR
+    only, pass ``PruningIR(model, rules={key: rule})`` instead.
 
     A module type with a rule is a leaf of the trace (its forward is not traced into), so its rule is
     what the analysis sees."""
-    if isinstance(key, str) and "." in key:
-        NAMED_RULES[key] = rule
-    elif isinstance(key, str):
-        METHOD_RULES[key] = rule
-    elif isinstance(key, type) and issubclass(key, nn.Module):
-        MODULE_RULES[key] = rule
-    elif callable(key):
-        FUNCTION_RULES[key] = rule
-    else:
-        raise TypeError(f"cannot register a rule for {key!r}: expected a module type, name or function")
+    RULES.add(key, rule)
 
 
 def registered(node: fx.Node, module: nn.Module | None) -> Rule | None:
-    """The rule registered for a call node's target (exact module type: a subclass may have another
-    forward), None where there is none."""
+    """The rule for a call node's target (exact module type: a subclass may have another forward),
+    None where there is none."""
     if node.op == "call_module":
-        return module_rule(type(module))
-    if node.op == "call_function":
-        return function_rule(node.target)
-    if node.op == "call_method":
-        return METHOD_RULES.get(node.target)
+        return rule_for(type(module))
+    if node.op in ("call_function", "call_method"):
+        return rule_for(node.target)
     raise ValueError(f"no rules for node kind {node.op}")
 
 
@@ -237,56 +335,7 @@ def lookup(node: fx.Node, module: nn.Module | None) -> Rule:
     return rule or CONSERVATIVE
 
 
-def qualified_name(obj: Any) -> str:
-    """``module.qualname`` of a function or class, as ``NAMED_RULES`` keys it."""
-    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
-
-
-def function_rule(function: Callable) -> Rule | None:
-    """The rule registered for a function, by the function itself or by its qualified name."""
-    return FUNCTION_RULES.get(function) or NAMED_RULES.get(qualified_name(function))
-
-
-def module_rule(module_type: type) -> Rule | None:
-    """The rule registered for a module type, by the type itself or by its qualified name."""
-    return MODULE_RULES.get(module_type) or NAMED_RULES.get(qualified_name(module_type))
-
-
-def target_name(node: fx.Node) -> str:
-    """The name of what a call node calls: a method name, or a function's ``__name__``."""
-    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-
-
-def normalize_dim(dim: int | fx.Node, ndim: int) -> int:
-    """A non-negative dimension index; a dim computed at run time (``torch.stack(xs, dim=x.dim())``) is the
-    example input's, which pruning does not change (the shape pass records it)."""
-    if isinstance(dim, fx.Node):
-        if "pruning_int" not in dim.meta:
-            raise TypeError(f"the dim argument {dim.name} has no recorded value: run the shape pass first")
-        dim = dim.meta["pruning_int"]
-    return dim + ndim if dim < 0 else dim
-
-
-def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
-    """Positional-or-keyword argument of a call node."""
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
-def flatten_args(values: Iterable[Any]) -> list[Any]:
-    """All leaves of nested tuples/lists/dicts of arguments."""
-    out: list[Any] = []
-    for v in values:
-        if isinstance(v, (tuple, list)):
-            out.extend(flatten_args(v))
-        elif isinstance(v, dict):
-            out.extend(flatten_args(v.values()))
-        else:
-            out.append(v)
-    return out
-
-
-def is_size(shape: Any) -> bool:
-    """True if a recorded shape is a tensor's shape."""
-    return isinstance(shape, torch.Size)
+def overrides(rule: Rule, hook: str) -> bool:
+    """Whether ``rule``'s class overrides the :class:`Rule` hook named ``hook`` (an optional hook is used
+    only where it is)."""
+    return getattr(type(rule), hook) is not getattr(Rule, hook)
