@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,7 @@ from .compensation import method as compensation_method
 from .compensation import plan
 from .labels import Label, check_selection
 from .nodes import get_tensor
+from .registry import Rule, RuleTable, local_rules
 from .surgery import graph_module, prune_graph_module
 from .tracing import record_shapes, trace_graph
 from .tracing.codegen import hoisted
@@ -38,8 +39,10 @@ class Snapshot:
     """
 
     def __init__(self, name: str, model: nn.Module, example: tuple[tuple, dict] | None = None,
-                 graph: fx.Graph | None = None) -> None:
+                 graph: fx.Graph | None = None, rules: RuleTable | None = None) -> None:
         self._uid: str | None = None
+        #: the IR's own rules (``PruningIR(rules=...)``), ahead of the registry in the analysis
+        self.rules = rules
         self.name = name
         self._root = model
         self._graph = model.graph if graph is None else graph
@@ -94,7 +97,8 @@ class Snapshot:
                     "LossAwareCriterion first")
             args, kwargs = self._example
         try:
-            record_shapes(self._root, args, kwargs, self._graph)
+            with local_rules(self.rules):
+                record_shapes(self._root, args, kwargs, self._graph)
         except Exception as error:
             shapes = [tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args]
             if self._model is None and _runs(self._root, args, kwargs):  # the root is the traced model itself
@@ -108,7 +112,8 @@ class Snapshot:
                 f"the model cannot run on the example input (positional shapes {shapes}): "
                 f"{type(error).__name__}: {error}; pass inputs the model accepts") from error
         self._example = (_detach(args), _detach(kwargs))
-        analysis = Context(self._root, self._graph).run()
+        with local_rules(self.rules):
+            analysis = Context(self._root, self._graph).run()
         if not analysis.prunable.any():
             opaque = (f"; ops no rule understands here: {', '.join(analysis.opaque[:5])}"
                       f"{f' and {len(analysis.opaque) - 5} more' if len(analysis.opaque) > 5 else ''}"
@@ -154,6 +159,7 @@ class Snapshot:
         state.setdefault("input_means", None)  # saved by a version without mean compensation
         state.setdefault("input_covariances", None)  # saved by a version without regression compensation
         state.setdefault("input_samples", None)
+        state.setdefault("rules", None)  # saved by a version without per-IR rules
         self.__dict__.update(state)
         self._root, self._graph, self._model = model, model.graph, model
         names = {node.name for node in self._graph.nodes}
@@ -315,6 +321,10 @@ class PruningIR:
             tensors (a torchvision detector's images, ``example_input=([image],)``): the graph then
             takes as many as the example has, and asserts it. Branches on values that the example decides
             (None outputs of opaque modules, sizes) are guarded the same way (:mod:`pruning.tracing`).
+        rules: rules for this IR only, by the keys :func:`pruning.rules.register_rule` takes (a module
+            type, a method name, a function, or a qualified name), ahead of the registered ones: support
+            for an op of your own, or another rule for one of ours, without changing what other IRs see.
+            A pruned IR keeps them.
 
     The pruned model (``ir.prune(...).model``) is a ``torch.fx.GraphModule``: its submodules keep
     their names and classes, parameters are physically smaller, and Python branches on
@@ -326,7 +336,8 @@ class PruningIR:
     """
 
     def __init__(self, model: nn.Module, *, leaf_modules: Iterable[type | nn.Module] | None = None,
-                 soft_tracing: bool = True, example_input: Any = None) -> None:
+                 soft_tracing: bool = True, example_input: Any = None,
+                 rules: dict[type | Callable | str, Rule] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"PruningIR needs a torch.nn.Module, got {type(model).__name__}: "
                             "pass the model object itself")
@@ -337,12 +348,15 @@ class PruningIR:
                              "building the IR (lazy modules take their shapes from their first call)")
         self.leaf_modules = list(leaf_modules or [])
         self.soft_tracing = soft_tracing
+        self.rules = RuleTable(rules) if rules else None
         args = None if example_input is None else (
             example_input if isinstance(example_input, tuple) else (example_input,))
         if getattr(model, "_pruning_traced", False):
-            main = Snapshot("main", model)
+            main = Snapshot("main", model, rules=self.rules)
         else:
-            main = Snapshot("main", model, graph=trace_graph(model, self.leaf_modules, soft_tracing, example=args))
+            with local_rules(self.rules):
+                graph = trace_graph(model, self.leaf_modules, soft_tracing, example=args)
+            main = Snapshot("main", model, graph=graph, rules=self.rules)
         self._snapshots = {"main": main}
         if args is not None:
             self._snapshots["main"].analyze(*args)
@@ -406,8 +420,9 @@ class PruningIR:
         result = self if inplace else PruningIR.__new__(PruningIR)
         result.leaf_modules = self.leaf_modules
         result.soft_tracing = self.soft_tracing
+        result.rules = self.rules
         pruned._pruning_traced = True
-        result._snapshots = {"main": Snapshot("main", pruned, snapshot._example)}
+        result._snapshots = {"main": Snapshot("main", pruned, snapshot._example, rules=self.rules)}
         return result
 
     def __repr__(self) -> str:

@@ -8,7 +8,7 @@ unlike dill files of IRs or whole models.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from torch.nn.modules.conv import _ConvTransposeNd
 from .compensation import add_to_bias, method, plan
 from .ir import Label, PruningIR, fingerprint
 from .labels import check_selection
+from .registry import Rule
 
 FORMAT = 1
 
@@ -50,22 +51,23 @@ def pruning_record(ir: PruningIR, labels: Sequence[Label], compensate: bool | st
 
 def replay(model: nn.Module, record: Mapping[str, Any],
            state_dict: Mapping[str, torch.Tensor] | None = None, *,
-           leaf_modules: Sequence[type | nn.Module] | None = None) -> nn.Module:
+           leaf_modules: Sequence[type | nn.Module] | None = None,
+           rules: dict[type | Callable | str, Rule] | None = None) -> nn.Module:
     """Rebuild the pruned model described by ``record`` from a fresh, unpruned ``model``.
 
     ``model`` must have the architecture the record was made from (built by your own code, e.g.
-    the same factory); a different architecture is a ``ValueError``. Layers the original pruning gave
+    the same factory) and the IR's ``leaf_modules`` and ``rules``; a different architecture is a ``ValueError``. Layers the original pruning gave
     a bias (``biases_added``) get a zero one here. ``state_dict`` (optional) is loaded strictly into the
     pruned model: without it the compensated biases stay zero.
     """
     if record.get("format") != FORMAT:
         raise ValueError(f"unknown pruning record format {record.get('format')!r}; expected {FORMAT}")
     example = tuple(torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"])) for spec in record["inputs"])
-    ir = PruningIR(model, leaf_modules=leaf_modules, example_input=example)
+    ir = PruningIR(model, leaf_modules=leaf_modules, example_input=example, rules=rules)
     found = fingerprint(ir.model, values=False)
     if found != record["structure"]:
         raise ValueError(f"the model's structure ({found[:12]}) is not the one the record was made from "
-                         f"({record['structure'][:12]}); build the same architecture (and leaf_modules)")
+                         f"({record['structure'][:12]}); build the same architecture (and leaf_modules, rules)")
     snapshot = ir.snapshot()
     pruned = ir.prune(labels=[snapshot.label(i) for i in record["labels"]], compensate=False).model
     for target in record.get("biases_added", []):  # filled by the state_dict

@@ -8,6 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pruning import PruningIR
+from pruning.registry import RULES
+from pruning.replay import pruning_record, replay
+from pruning.rules import Rule, register_rule
 from pruning.verify import equivalence_error, perturb
 
 from models import BilinearHead, EinsumAttention, FunctionalPReLU, Im2Col, PixelShuffles, Recurrent
@@ -354,32 +357,56 @@ def roll_last(x):
 torch.fx.wrap("roll_last")
 
 
-def test_rules_registered_by_qualified_name_apply_to_that_function():
-    from pruning.rules import Rule, register_rule
-    from pruning.registry import RULES
+class PassThrough(Rule):
+    """The worked example of :class:`pruning.registry.Rule`: the output carries the input's channels."""
 
-    class PassThrough(Rule):
-        def propagate(self, ctx, node):
-            return ctx.value(node.args[0])
+    def propagate(self, ctx, node):
+        return ctx.value(node.args[0])
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Conv1d(3, 6, 1), nn.Conv1d(6, 2, 1)
 
-        def forward(self, x):
-            return self.b(roll_last(self.a(x)))
+class Rolls(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv1d(3, 6, 1), nn.Conv1d(6, 2, 1)
 
+    def forward(self, x):
+        return self.b(roll_last(self.a(x)))
+
+
+@pytest.mark.parametrize("key", [roll_last, f"{__name__}.roll_last"], ids=["function", "qualified name"])
+def test_rules_given_to_one_ir_apply_to_it_alone(key):
+    registry_before = {name: dict(getattr(RULES, name)) for name in ("modules", "functions", "methods", "named")}
     x = torch.randn(1, 3, 5)
     with pytest.raises(ValueError, match="roll_last"):
-        PruningIR(Net().eval(), example_input=x)
+        PruningIR(Rolls().eval(), example_input=x)
+    model = perturb(Rolls().eval())
+    ir = PruningIR(model, example_input=x, rules={key: PassThrough()})
+    assert ir.snapshot().opaque_ops == [] and len(ir.snapshot().labels) == 6
+    labels = ir.snapshot().labels[::2]
+    assert equivalence_error(ir, labels, x) < 1e-6
+    assert {name: dict(getattr(RULES, name)) for name in registry_before} == registry_before
+    with pytest.raises(ValueError, match="roll_last"):  # another IR does not see them
+        PruningIR(Rolls().eval(), example_input=x)
+    pruned = ir.prune(labels=labels)  # the pruned IR analyses its model with the same rules
+    assert len(pruned.snapshot().labels) == 3 and pruned.snapshot().opaque_ops == []
+    lazy = PruningIR(model, rules={key: PassThrough()})  # analysed on its first forward pass
+    lazy.snapshot().run(x)
+    assert lazy.snapshot().opaque_ops == []
+    rebuilt = replay(perturb(Rolls().eval()), pruning_record(ir, labels), rules={key: PassThrough()})
+    assert rebuilt.a.out_channels == 3
+
+
+def test_registered_rules_apply_to_every_ir_and_a_bad_rule_is_refused():
+    x = torch.randn(1, 3, 5)
     register_rule(f"{__name__}.roll_last", PassThrough())
     try:
-        ir = PruningIR(perturb(Net().eval()), example_input=x)
-        assert ir.snapshot().opaque_ops == [] and len(ir.snapshot().labels) == 6
-        assert equivalence_error(ir, ir.snapshot().labels[::2], x) < 1e-6
+        assert PruningIR(perturb(Rolls().eval()), example_input=x).snapshot().opaque_ops == []
     finally:
         del RULES.named[f"{__name__}.roll_last"]
+    with pytest.raises(TypeError, match="not a Rule instance"):
+        PruningIR(Rolls().eval(), rules={roll_last: PassThrough})
+    with pytest.raises(TypeError, match="cannot register a rule for 3"):
+        PruningIR(Rolls().eval(), rules={3: PassThrough()})
 
 
 def test_timm_same_padding_convolutions_prune():
