@@ -10,7 +10,7 @@ from torch import nn
 
 from pruning import GlobalScoreLabelSelector, LossAwareCriterion, MagnitudeCriterion, PruningIR, compensation
 from pruning.registry import rule_for
-from pruning.rules.modules import TransposedLinearModule
+from pruning.rules.linear import TransposedLinearModule
 
 from models import Grouped
 

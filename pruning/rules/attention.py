@@ -1,13 +1,13 @@
 """``nn.MultiheadAttention``: model width, query/key and value features pruned independently."""
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
+from ..nodes import arg
 from ..pruned_modules import PrunedMultiheadAttention
 from ..registry import CONSERVATIVE, Rule, register
-from ..nodes import arg
-from .common import packed_heads
-from .tensor_ops import _contract
+from .common import broadcast, contract, packed_heads
 
 
 @register(nn.MultiheadAttention, PrunedMultiheadAttention)
@@ -32,14 +32,14 @@ class MultiheadAttentionRule(Rule):
         columns = ctx.param_axis(f"{name}.in_proj_weight", 1)
         for x in inputs:
             value = ctx.value(x)
-            _contract(ctx, value[-1], columns)
+            contract(ctx, value[-1], columns)
             ctx.block_value(value[:-1])
         rows = ctx.param_axis(f"{name}.in_proj_weight", 0)
         ctx.internal(rows)
         if m.in_proj_bias is not None:
             ctx.space.merge(rows, ctx.param_axis(f"{name}.in_proj_bias", 0))
         v = packed_heads(ctx, rows, m.num_heads, *_widths(m))
-        _contract(ctx, v, ctx.param_axis(f"{name}.out_proj.weight", 1))
+        contract(ctx, v, ctx.param_axis(f"{name}.out_proj.weight", 1))
         out = ctx.param_axis(f"{name}.out_proj.weight", 0)
         if m.out_proj.bias is not None:
             ctx.space.merge(out, ctx.param_axis(f"{name}.out_proj.bias", 0))
@@ -67,3 +67,29 @@ def _widths(m: nn.MultiheadAttention) -> tuple[int, int]:
         return m.qk_head_dim, m.v_head_dim
     return m.head_dim, m.head_dim
 
+
+
+@register(F.scaled_dot_product_attention)
+class ScaledDotProductAttention(Rule):
+    """``softmax(q k^T) v``: q and k features are pruned together, v's features reach the output.
+
+    The default scale is ``1/sqrt(q.size(-1))``; after pruning the original scale is passed
+    explicitly, so removing dead features leaves the attention unchanged.
+    """
+
+
+    def propagate(self, ctx, node):
+        q, k, v = (ctx.value(a) for a in node.args[:3])
+        sq, sk, sv = (ctx.shape(a) for a in node.args[:3])
+        contract(ctx, q[-1], k[-1])
+        for ids in (k[-2], v[-2]):  # keys/values enter a softmax over tokens
+            if ids is not None:
+                ctx.space.block(ids)
+        ctx.block_value(ctx.value(arg(node, 3, "attn_mask")))
+        batch = broadcast(ctx, ctx.shape(node)[:-2], [(q[:-2], sq[:-2]), (k[:-2], sk[:-2]),
+                                                      (v[:-2], sv[:-2])])
+        return batch + (q[-2], v[-1])
+
+    def rewrite(self, rw, node):
+        if node.kwargs.get("scale") is None:
+            node.kwargs = {**node.kwargs, "scale": rw.old_shape(node.args[0])[-1] ** -0.5}

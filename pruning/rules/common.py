@@ -1,11 +1,15 @@
-"""Building blocks shared by rules: broadcasting, spatial ops, reshapes, grouped channels."""
+"""Building blocks shared by rules: broadcasting, spatial ops, reshapes, grouped channels, dims summed over
+together, parameters tied to tensor dims."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
 from ..nodes import is_size
+from ..registry import Rule
 
 
 def broadcast(ctx, out_shape: Sequence[int], inputs: list[tuple[Any, Sequence[int]]]) -> tuple:
@@ -218,3 +222,31 @@ def statistics_over(ctx, value: tuple, channel_dim: int) -> None:
     for d, ids in enumerate(value):
         if d != channel_dim and ids is not None:
             ctx.space.normalized(ids)
+
+
+def contract(ctx, x: np.ndarray | None, y: np.ndarray | None) -> None:
+    """Two dims summed over together: prune them together, or not at all if one is fixed."""
+    if x is not None and y is not None:
+        ctx.space.merge(x, y)
+    elif x is not None or y is not None:
+        ctx.space.block(x if x is not None else y)
+
+
+def first_input(ctx, node):
+    x = node.args[0]
+    return ctx.value(x), ctx.shape(x)
+
+
+def tie(ctx, ids, name: str, dim: int) -> None:
+    """Parameter dim pruned with tensor dim ``ids``; fixed (never pruned) if the tensor dim is."""
+    if ids is None:
+        ctx.space.block(ctx.param_axis(name, dim))
+    else:
+        ctx.param_axis(name, dim, ids)
+
+
+class ShapePreserving(Rule):
+    """A module whose output has its input's shape (norms, activations): the shape pass skips it."""
+
+    def output_shape(self, module: nn.Module, shape: torch.Size) -> torch.Size:
+        return shape

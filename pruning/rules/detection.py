@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..registry import CONSERVATIVE, Rule, register_rule
 from ..nodes import arg, is_size
+from ..registry import CONSERVATIVE, Rule, register_rule
 
 
 def _pooled(ctx, node, feature_ids: object) -> tuple | list:

@@ -3,10 +3,9 @@ removing a head dim, the pooling residual and the decomposed relative position t
 name, so that torchvision need not be installed or imported)."""
 from __future__ import annotations
 
-from ..registry import CONSERVATIVE, Rule, register_rule
 from ..nodes import arg, is_size
-from .common import broadcast
-from .tensor_ops import _contract
+from ..registry import CONSERVATIVE, Rule, register_rule
+from .common import broadcast, contract
 
 
 def _int(value: object) -> int | None:
@@ -74,7 +73,7 @@ class AddRelPos(Rule):
         ctx.block_value(vq[:3])
         for value in values:
             ctx.block_value(value[0])
-            _contract(ctx, vq[3], value[1])
+            contract(ctx, vq[3], value[1])
         return ctx.value(attn)
 
 

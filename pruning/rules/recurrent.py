@@ -5,7 +5,7 @@ import numpy as np
 from torch import nn
 
 from ..registry import CONSERVATIVE, Rule, register
-from .tensor_ops import _contract
+from .common import contract
 
 
 @register(nn.RNN, nn.LSTM, nn.GRU)
@@ -37,7 +37,7 @@ class RecurrentModule(Rule):
             for suffix in directions:
                 tag = f"l{layer}{suffix}"
                 ctx.param_axis(f"{name}.weight_hh_{tag}", 1, hidden)
-                _contract(ctx, below, ctx.param_axis(f"{name}.weight_ih_{tag}", 1))
+                contract(ctx, below, ctx.param_axis(f"{name}.weight_ih_{tag}", 1))
                 for param in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                     if getattr(m, f"{param}_{tag}", None) is not None:
                         ctx.space.merge(ctx.param_axis(f"{name}.{param}_{tag}", 0).reshape(gates, -1), hidden)

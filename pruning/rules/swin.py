@@ -7,14 +7,13 @@ from typing import Callable
 
 import numpy as np
 
+from ..nodes import arg
 from ..pruned_modules import (
     pruned_shifted_window_attention,
     pruned_shifted_window_attention_3d,
 )
 from ..registry import CONSERVATIVE, Fixed, Rule, register_rule
-from ..nodes import arg
-from .common import packed_heads
-from .tensor_ops import _contract
+from .common import contract, packed_heads
 
 
 class ShiftedWindowAttention(Rule):
@@ -43,14 +42,14 @@ class ShiftedWindowAttention(Rule):
                 or vp[1] is None or len(vx) != (4 if self.cosine else 5):
             return CONSERVATIVE.propagate(ctx, node)
         ctx.block_value(vx[:-1])
-        _contract(ctx, vx[-1], vw[1])
+        contract(ctx, vx[-1], vw[1])
         rows = vw[0]
         ctx.internal(rows)
         qk, vd = _window_widths(node, ctx.shape(x)[-1], heads)
-        _contract(ctx, packed_heads(ctx, rows, heads, qk, vd), vp[1])
+        contract(ctx, packed_heads(ctx, rows, heads, qk, vd), vp[1])
         for bias, ids in ((arg(node, 9, "qkv_bias"), rows), (arg(node, 10, "proj_bias"), vp[0])):
             if bias is not None:
-                _contract(ctx, ids, ctx.value(bias)[0])
+                contract(ctx, ids, ctx.value(bias)[0])
         if self.cosine and arg(node, 11, "logit_scale") is not None:
             ctx.space.normalized(rows[:2 * heads * qk])  # cosine attention normalises q and k
             ctx.block_value(ctx.value(arg(node, 11, "logit_scale")))

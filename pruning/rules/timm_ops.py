@@ -2,10 +2,10 @@
 registered by name, so that timm need not be installed or imported."""
 from __future__ import annotations
 
-from ..registry import Rule, register_rule
 from ..nodes import arg
+from ..registry import Rule, register_rule
 from .common import spatial
-from .tensor_ops import Conv
+from .convolution import Conv
 
 
 class PadSame(Rule):

@@ -14,7 +14,7 @@ original.
 **Item assignment.** ``x[mask] = 0`` on a traced tensor (Gemma 3 blanking its image tokens) becomes an
 ``operator.setitem`` node, which fx's code generation and dead-code elimination already treat as a
 statement with an effect. Its rule keeps the channels of the tensor written and of the value written
-(:class:`pruning.rules.tensor_ops.Assign`).
+(:class:`pruning.rules.indexing.Assign`).
 
 **Duck-typing probes.** ``hasattr(proxy, name)`` is always true (a Proxy records attribute reads), so a
 library function that asks a tensor ``hasattr(x, "jax")`` and then calls ``x.jax()`` records a call no
