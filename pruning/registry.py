@@ -94,7 +94,7 @@ class Rule:
         """Module rules: the output shape of ``module`` called on one tensor of ``shape``, computed
         without running it, or None to have the shape pass run the module (on fake tensors).
 
-        Optional; it only saves time (fake-tensor dispatch costs about 0.4 ms per convolution).
+        Optional; it only saves time (fake-tensor dispatch of a convolution is slow).
         Return None for any input the module would reject, so the real error surfaces.
         """
         return None

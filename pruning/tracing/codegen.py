@@ -4,8 +4,8 @@ looked up once per call.
 fx writes every ``call_module`` as the full path from ``self`` (``self.layer1.conv1(x)``,
 ``getattr(self.features, "0")(x)``), so a block's five calls repeat five lookups of the block through
 ``nn.Module.__getattr__`` that the eager forward does once (``self.conv1`` inside the block). At batch 1
-that Python overhead is a few percent of a small model's forward (the digits model: 1.03x the eager forward,
-``benchmarks/forward_overhead.py``), which a pruned model should not pay. The body transformer below binds
+that Python overhead is a few percent of a small model's forward (``benchmarks/forward_overhead.py`` measures
+it), which a pruned model should not pay. The body transformer below binds
 each such path to a local at the top of the forward and writes the calls through it
 (``_layer1 = self.layer1`` ... ``_layer1.conv1(x)``).
 

@@ -128,7 +128,7 @@ def evaluate(node: fx.Node, env: dict[fx.Node, Any], root: nn.Module, modules: d
     if registered(node, None) is not None and node.target is not helper_call:
         return _call(node, args, kwargs)
     # An opaque call: the model's tensors and submodules it uses (pruning.registry.keep_read). Only here: replacing
-    # nn.Module.__getattr__ invalidates the attribute caches of every module class (about 0.1 ms).
+    # nn.Module.__getattr__ invalidates the attribute caches of every module class.
     with module_reads() as reads:
         value = _call(node, args, kwargs)
     paths = {id(m): path for path, m in modules.items()} if reads else {}
