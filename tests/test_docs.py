@@ -26,7 +26,7 @@ def test_the_site_builds_strictly_with_the_api_reference_and_the_benchmark_table
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     reference = (site / "reference" / "ir" / "index.html").read_text()
     assert 'id="pruning.ir.PruningIR.prune"' in reference  # rendered from the docstrings
@@ -48,7 +48,7 @@ def test_the_link_check_sees_a_broken_link():
 
 
 def test_the_readme_example_runs_and_meets_its_target():
-    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", README.read_text(), re.DOTALL).group(1)
     torch.manual_seed(0)
     namespace: dict = {}
     exec(compile(code, str(README), "exec"), namespace)
