@@ -1,11 +1,12 @@
 # `make run`: set up .venv and reproduce the default pipeline end to end.
 # `make test`: set up .venv and run the tests.
+# `make docs`: set up .venv and build the documentation site into site/ (mkdocs build --strict).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all zoo bench clean
+.PHONY: setup run test test-all docs zoo bench clean
 
 $(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q -n 2 tests
+
+docs: setup
+	$(PY) -m mkdocs build --strict --site-dir site
 
 zoo: setup
 	$(PY) benchmarks/zoo.py

@@ -1,7 +1,8 @@
 """Structured (channel) pruning for PyTorch models.
 
-Workflow (the seed API): build a :class:`PruningIR`, collect scores with :class:`LossAwareCriterion`
-(or, without a loss or data, :class:`MagnitudeCriterion`), select labels with a label selector, and
+The workflow follows the interface of ENOT's ``enot.pruning_v2``: build a [`PruningIR`][],
+collect scores with [`LossAwareCriterion`][] (or, without a loss or data,
+[`MagnitudeCriterion`][]), select labels with a label selector, and
 ``ir.prune(labels=...)``.
 """
 from . import latency

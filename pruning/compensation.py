@@ -33,7 +33,7 @@ A convolution applies the substitution at every position of its kernel, exact aw
 borders. Where a layer without a bias feeds only a BatchNorm, the bias change goes into that norm's running
 mean (no new parameter); any other layer without a bias gets one (``pruning.replay`` records which).
 
-The statistics are recorded by the criteria (:class:`InputStatistics`) during calibration, over every call
+The statistics are recorded by the criteria ([`InputStatistics`][]) during calibration, over every call
 of each layer in the mode the model is calibrated in (a layer called several times gets one mean and one
 covariance over all calls). Which layers take part is the op rules' knowledge
 (``Rule.input_channel_dim``/``output_shift``/``mixes_inputs``/``mixed_weight``).
@@ -74,7 +74,7 @@ def _compensable(snapshot: "Snapshot") -> list[tuple[fx.Node, nn.Module, Any, in
 class InputStatistics:
     """Sums of every input channel of the snapshot's compensable layers, and with ``covariance`` the sums of
     their products (``x^T x`` over every position) where the layer can mix its inputs, over the forward
-    passes made between :meth:`attach` and :meth:`detach` (forward pre-hooks; no gradient is involved).
+    passes made between [`attach`][] and [`detach`][] (forward pre-hooks; no gradient is involved).
 
     The products cost the work of a linear layer from a layer's inputs to as many outputs per call, and
     ``8 * in_channels^2`` bytes per layer (float64): 32 MiB for a 2048-channel layer."""
@@ -95,10 +95,12 @@ class InputStatistics:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def attach(self) -> None:
+        """Start recording: a forward pre-hook on every compensable layer."""
         for target, module, rule, _, products in self.layers:
             self._handles.append(module.register_forward_pre_hook(self._make_hook(target, rule, products)))
 
     def detach(self) -> None:
+        """Stop recording: remove the hooks (what was recorded stays)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -143,7 +145,7 @@ class InputStatistics:
 
     def statistics(self, flat: torch.Tensor
                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, int]]:
-        """Per layer target, from a :meth:`flat` vector (possibly summed over ranks): the mean of each input
+        """Per layer target, from a [`flat`][] vector (possibly summed over ranks): the mean of each input
         channel, and where products were recorded the channels' covariance matrix (both float64, CPU) and
         the number of positions it was estimated from; layers never called are left out."""
         flat = flat.cpu()
@@ -187,7 +189,7 @@ METHODS = ("mean", "regression")
 
 @dataclasses.dataclass
 class Compensation:
-    """What :func:`plan` changes: ``shifts`` are ``(module target, attribute, value over the kept output
+    """What [`plan`][] changes: ``shifts`` are ``(module target, attribute, value over the kept output
     channels)`` added once the model is sliced (a ``bias``, or a BatchNorm's ``running_mean``); ``weights``
     are new values of whole (unsliced) weights by parameter name, sliced in place of the old ones."""
 
@@ -296,7 +298,7 @@ def _sole_batchnorm(node: fx.Node, dim: int, modules: dict[str, nn.Module], call
 
 
 def apply(shifts: list[tuple[str, str, torch.Tensor]], module_of) -> None:
-    """Add a :func:`plan`'s shifts to the sliced modules (``module_of(target)``); a layer without a bias
+    """Add a [`plan`][]'s shifts to the sliced modules (``module_of(target)``); a layer without a bias
     that is planned one gets it."""
     with torch.no_grad():
         for target, attribute, value in shifts:

@@ -16,9 +16,8 @@ dead channel whose weights are all zero or whose activation is always zero.
 
 Cost: per backward, one ``g*w`` product, one reduction per slicing and one ``index_add_`` per parameter,
 about the memory traffic of an optimizer step; per forward, one channel sum of each conv/linear input (the
-means of ``pruning.compensation``). ``benchmarks/criterion_overhead.py`` (CPU, 2 threads, batch 8, median
-of 5, process CPU time, 26 Nov 2026): calibration step / plain forward+backward = 1.009 on resnet50 and
-1.006 on vit_b_16, under the 1.2x budget.
+means of ``pruning.compensation``). ``python -m benchmarks.criterion_overhead`` measures a calibration step
+against a plain forward and backward pass (figures in the documentation's benchmarks pages).
 """
 from __future__ import annotations
 
@@ -51,19 +50,17 @@ class _Site:
 class Collector:
     """What every criterion shares: a context manager that runs the snapshot's model, records the input
     means (and with ``input_covariance`` the input covariances) of its compensable layers
-    (:mod:`pruning.compensation`) and, under ``torch.distributed``, sums what it recorded over the ranks on
+    ([`pruning.compensation`][]) and, under ``torch.distributed``, sums what it recorded over the ranks on
     exit. Subclasses add their hooks and set ``snapshot.scores``.
 
-    ``input_covariance=True`` (beyond the vendor API) also records, per convolution and linear layer that
-    can mix its inputs, the covariance of its input channels, which ``ir.prune`` then uses for regression
-    compensation: the pruned model starts much closer to the original (measured in the README). It costs a
+    ``input_covariance=True`` (an addition to ENOT's ``pruning_v2`` interface) also records, per convolution
+    and linear layer that can mix its inputs, the covariance of its input channels, which ``ir.prune`` then
+    uses for regression compensation: the pruned model starts much closer to the original. It costs a
     product of each layer's input with itself per forward (the work of a linear layer from its inputs to as
     many outputs: several times the layer itself where it narrows, as a transformer's second MLP layer
-    does) and ``8 * in_channels^2`` bytes per layer, kept in the snapshot (and in a saved IR). Measured with
-    ``benchmarks/criterion_overhead.py --input-covariance`` (CPU, 2 threads, batch 8, median of 5, process
-    CPU time, 26 Nov 2026): a calibration step costs 1.51x (resnet50) and 1.72x (vit_b_16) a plain
-    forward+backward, against 1.02x and 0.99x with means only. Off by default for that reason and for the
-    memory (a 7B language model's layers would need tens of GiB)."""
+    does) and ``8 * in_channels^2`` bytes per layer, kept in the snapshot (and in a saved IR); ``python -m
+    benchmarks.criterion_overhead --input-covariance`` measures the time. Off by default for that cost and
+    for the memory (a 7B language model's layers would need tens of GiB)."""
 
     def __init__(self, ir: Any, snapshot_name: str = "main", *, input_covariance: bool = False) -> None:
         self.ir = ir
@@ -125,7 +122,7 @@ class Collector:
         self._hooked = True
 
     def _store_statistics(self, flat: torch.Tensor) -> None:
-        """Set the snapshot's input means and covariances from :meth:`_reduce`'s sums (``None`` where none
+        """Set the snapshot's input means and covariances from ``_reduce``'s sums (``None`` where none
         were recorded: a recalibration without covariances drops those of an earlier one)."""
         means, covariances, samples = self._means.statistics(flat)
         self.snapshot.input_means = means
@@ -154,7 +151,7 @@ class LossAwareCriterion(Collector):
     On a normal exit ``snapshot.scores`` becomes a float64 CPU tensor ``[num_labels]``, and
     ``snapshot.input_means`` the mean of every input channel of each convolution and linear layer over
     the calibration forwards (what ``ir.prune`` folds into biases for the channels it removes, see
-    :mod:`pruning.compensation`), and with ``input_covariance=True`` ``snapshot.input_covariances`` their
+    [`pruning.compensation`][]), and with ``input_covariance=True`` ``snapshot.input_covariances`` their
     covariances (regression compensation); hooks are always removed. Any mode (train/eval) and device work; the
     model is not moved.
 

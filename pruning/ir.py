@@ -34,7 +34,7 @@ class Snapshot:
 
     ``model`` is a GraphModule, or (with ``graph``) the module whose submodules the graph's targets
     name. In the second case the GraphModule (a code generation and a compile) is built on first
-    use of :attr:`model`: analysing, selecting and pruning only need the graph, so an IR that is
+    use of [`model`][]: analysing, selecting and pruning only need the graph, so an IR that is
     only pruned never builds its unpruned GraphModule.
     """
 
@@ -48,7 +48,7 @@ class Snapshot:
         self._graph = model.graph if graph is None else graph
         self._model: fx.GraphModule | None = model if graph is None else None
         self.scores: torch.Tensor | None = None
-        #: calibration mean of each input channel per compensable layer (see :mod:`pruning.compensation`)
+        #: calibration mean of each input channel per compensable layer (see [`pruning.compensation`][])
         self.input_means: dict[str, torch.Tensor] | None = None
         #: calibration covariance of the input channels per compensable layer that can mix its inputs
         #: (recorded with ``input_covariance=True``; regression compensation)
@@ -73,7 +73,7 @@ class Snapshot:
 
     @property
     def ir_uid(self) -> str:
-        """The id of the IR (:func:`fingerprint` of this model), computed when first needed: when
+        """The id of the IR ([`fingerprint`][] of this model), computed when first needed: when
         labels are made or checked, or the IR is saved. A model changed in place before then (its
         weights trained, say) gets the id of what it is then; after that the id is fixed."""
         if self._uid is None:
@@ -245,7 +245,7 @@ def fingerprint(model: nn.Module, values: bool = True, graph: fx.Graph | None = 
     architecture only (``pruning.replay``).
     """
     graph = model.graph if graph is None else graph
-    # fx's own code for the graph, without the body transformer (:mod:`pruning.tracing.codegen`): a
+    # fx's own code for the graph, without the body transformer (``pruning.tracing.codegen``): a
     # GraphModule unpickled from its code has none, and the hash must not depend on how it was made
     with graph.on_generate_code(lambda _: None):
         code = graph.python_code(root_module="self").src
@@ -306,25 +306,25 @@ class PruningIR:
         model: the model to prune. It is traced with ``torch.fx``; its submodules are shared with
             the IR's ``'main'`` snapshot, so the model is only modified by ``prune(inplace=True)``.
         leaf_modules: module types or instances kept atomic in the graph. A leaf without a rule in
-            :mod:`pruning.rules` is opaque: its inputs and outputs are unprunable.
+            [`pruning.rules`][] is opaque: its inputs and outputs are unprunable.
         soft_tracing: if True, what cannot be traced becomes opaque, with a warning naming it: the
             module-level function, else (in a module with parameters) the method of a helper object or
-            submodule, else the submodule (see :mod:`pruning.tracing.tracer`); if False, tracing fails
+            submodule, else the submodule (see ``pruning.tracing.tracer``); if False, tracing fails
             with a ``TracingError`` naming the submodule and the reason.
         example_input: optional tensor or tuple of positional inputs. The channel analysis needs
             one forward pass; with an example it runs now, without one on the first forward pass
-            through the criterion (or ``ir.snapshot().analyze(*inputs)``). This argument is our
-            addition to the seed API; ``PruningIR(model)`` works as documented there. With it, the
+            through the criterion (or ``ir.snapshot().analyze(*inputs)``). ENOT's ``pruning_v2``
+            interface has no such argument; ``PruningIR(model)`` alone works as there. With it, the
             forward's parameters after these inputs that have a plain default (``mask=None``,
             ``flag=False``) are fixed at it: the traced and pruned models take the branches those
             defaults take, and passing another value to them raises. A positional input may be a list of
             tensors (a torchvision detector's images, ``example_input=([image],)``): the graph then
             takes as many as the example has, and asserts it. Branches on values that the example decides
-            (None outputs of opaque modules, sizes) are guarded the same way (:mod:`pruning.tracing`).
-        rules: rules for this IR only, by the keys :func:`pruning.rules.register_rule` takes (a module
-            type, a method name, a function, or a qualified name), ahead of the registered ones: support
-            for an op of your own, or another rule for one of ours, without changing what other IRs see.
-            A pruned IR keeps them.
+            (None outputs of opaque modules, sizes) are guarded the same way (``pruning.tracing``).
+        rules: rules for this IR only, by the keys that [`register_rule`][pruning.registry.register_rule]
+            takes (a module type, a method name, a function, or a qualified name), ahead of the registered
+            ones: support for an op of your own, or another rule for one of ours, without changing what
+            other IRs see. A pruned IR keeps them.
 
     The pruned model (``ir.prune(...).model``) is a ``torch.fx.GraphModule``: its submodules keep
     their names and classes, parameters are physically smaller, and Python branches on
@@ -389,19 +389,19 @@ class PruningIR:
         user's model it shares modules with) instead of copying it, and returns this IR, now
         holding only the pruned model (its earlier labels are refused from then on). With no labels and
         ``inplace=False`` the result is a copy. ``skip_label_checking=True`` skips the checks of
-        :func:`pruning.labels.check_selection` (foreign, duplicate, unprunable labels, emptied
+        [`pruning.labels.check_selection`][] (foreign, duplicate, unprunable labels, emptied
         groups): use it only for selections known to be valid.
 
-        ``compensate`` (beyond the vendor API): make up, in every convolution or linear layer that loses
-        input channels, for what those channels carried on the calibration data (:mod:`pruning.compensation`),
-        so that the pruned model starts closer to the original. ``"mean"``: fold each removed channel's
-        calibration mean into the layer's bias (a layer without a bias puts it into the running mean of the
-        BatchNorm it feeds, or else gets a bias); ``"regression"``: also fold the part of the removed channels
-        that the kept ones predict (least squares) into the kept weights, which needs covariances
-        (``LossAwareCriterion(ir, input_covariance=True)``). ``None`` (default): the best the snapshot's
-        statistics allow: regression with covariances, mean with means only (``LossAwareCriterion`` records
-        means, and ``MagnitudeCriterion`` when it was called on inputs), else prune plainly; ``True``: the
-        same, but a ``ValueError`` without means; ``False``: never (the pruned model then equals the
+        ``compensate`` (an addition to ENOT's ``pruning_v2`` interface): make up, in every convolution or linear
+        layer that loses input channels, for what those channels carried on the calibration data
+        ([`pruning.compensation`][]), so that the pruned model starts closer to the original. ``"mean"``: fold
+        each removed channel's calibration mean into the layer's bias (a layer without a bias puts it into the
+        running mean of the BatchNorm it feeds, or else gets a bias); ``"regression"``: also fold the part of
+        the removed channels that the kept ones predict (least squares) into the kept weights, which needs
+        covariances (``LossAwareCriterion(ir, input_covariance=True)``). ``None`` (default): the best the
+        snapshot's statistics allow: regression with covariances, mean with means only (``LossAwareCriterion``
+        records means, and ``MagnitudeCriterion`` when it was called on inputs), else prune plainly; ``True``:
+        the same, but a ``ValueError`` without means; ``False``: never (the pruned model then equals the
         original with those channels zeroed).
         """
         snapshot = self.snapshot(name)

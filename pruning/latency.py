@@ -35,7 +35,7 @@ def macs(inputs: Inputs, device: str | torch.device | None = None) -> Callable[[
     kernel gets the counter's formula for scaled dot-product attention. Otherwise an unpruned
     transformer and its pruned version would be measured with different rules. Recurrent layers
     (``nn.RNN``/``LSTM``/``GRU``), whose fused kernels the counter does not see, count their weight
-    matrices once per time step and sequence (:func:`recurrent_macs`) instead.
+    matrices once per time step and sequence ([`recurrent_macs`][]) instead.
     """
 
     def count(model: nn.Module) -> float:
@@ -66,7 +66,7 @@ def recurrent_macs(module: nn.RNNBase, input: torch.Tensor | nn.utils.rnn.Packed
 
 @contextmanager
 def _recurrent_counted(model: nn.Module, counter: FlopCounterMode) -> Iterator[list[float]]:
-    """While the model runs: for each recurrent layer call, the MACs of :func:`recurrent_macs` less
+    """While the model runs: for each recurrent layer call, the MACs of [`recurrent_macs`][] less
     whatever the counter saw inside it (its kernels differ by device and backend)."""
     corrections: list[float] = []
     started: list[int] = []
@@ -107,7 +107,7 @@ def measured_latency(
 ) -> Callable[[nn.Module], float]:
     """Median wall-clock milliseconds of one forward pass over ``repeats`` runs after ``warmup`` runs.
 
-    ``inputs`` and ``device`` as in :func:`macs`. On CUDA every run is bracketed by
+    ``inputs`` and ``device`` as in [`macs`][]. On CUDA every run is bracketed by
     ``torch.cuda.synchronize`` so the time covers the kernels, not just their launch. The median resists
     the outliers of a noisy machine; raise ``repeats`` when differences between candidates are small.
     """

@@ -9,15 +9,14 @@ Why relative: raw norms are not comparable across layers (fan-in, initialisation
 normalisation after a layer set their scale), so ``GlobalScoreLabelSelector`` and
 ``KnapsackLabelSelector`` compare how weak a channel is *within its layer*; ``UniformLabelSelector``
 ranks within groups only and sees the same order as with raw norms. Loss-aware scores
-(:class:`~pruning.LossAwareCriterion`) are the ones that compare layers by what their removal costs.
+([`LossAwareCriterion`][]) are the ones that compare layers by what their removal costs.
 Pair it with the uniform (or global) selector: the knapsack trades a channel's score against its cost, and
-relative norms carry no cost information, so it can empty a layer (Fashion-MNIST, the benchmark's wide
-model at 30% of its MACs: the knapsack kept 4 of the stem's 64 channels and fine-tuned to 0.898, global
-0.919, uniform 0.920).
+relative norms carry no cost information, so it can nearly empty a layer (measured in the documentation's
+benchmarks, "Calibration and selection").
 
 The criterion needs no loss and no data: on an analysed IR (``PruningIR(model, example_input=x)``) an
 empty ``with MagnitudeCriterion(ir): pass`` scores it. Forward passes through the collector (no backward)
-record the input means that ``ir.prune`` folds into biases (:mod:`pruning.compensation`); without them
+record the input means that ``ir.prune`` folds into biases ([`pruning.compensation`][]); without them
 it prunes plainly.
 """
 from __future__ import annotations
@@ -65,7 +64,7 @@ class MagnitudeCriterion(Collector):
     The snapshot must have labels: build the IR with ``example_input`` or call the collector once;
     otherwise the exit raises. Distributed (``torch.distributed`` initialized): every rank calls the
     collector on its shard and the means are all-reduced on exit, a collective every rank must reach,
-    as with :class:`~pruning.LossAwareCriterion`.
+    as with [`LossAwareCriterion`][].
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -96,7 +96,7 @@ def pruned_shifted_window_attention(
     from the input's channel count; here it is given, and ``scale`` is the original
     ``1/sqrt(head_dim)`` (cosine attention does not use it). Same arguments and result otherwise:
     windows of ``window_size`` over a (B, H, W, C) input, or (B, T, H, W, C) with three window sizes (Video
-    Swin, :func:`pruned_shifted_window_attention_3d`), padded to whole windows, cyclically shifted by
+    Swin, ``pruned_shifted_window_attention_3d``), padded to whole windows, cyclically shifted by
     ``shift_size`` with a mask between regions that the shift brought together.
     """
     batch, sizes, k = input.shape[0], input.shape[1:-1], len(window_size)
@@ -145,7 +145,7 @@ def pruned_shifted_window_attention_3d(
 ) -> torch.Tensor:
     """torchvision's ``shifted_window_attention_3d`` (Video Swin: a (B, T, H, W, C) input, windows and
     shifts in T, H and W, no cosine attention) with the widths pruning makes independent; its arguments,
-    then those of :func:`pruned_shifted_window_attention`."""
+    then those of ``pruned_shifted_window_attention``."""
     return pruned_shifted_window_attention(
         input, qkv_weight, proj_weight, relative_position_bias, window_size, num_heads, shift_size,
         attention_dropout, dropout, qkv_bias, proj_bias, None, training,

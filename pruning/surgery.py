@@ -134,7 +134,7 @@ def graph_module(source: nn.Module, graph: fx.Graph, root: nn.Module,
                  memo: dict[int, Any] | None = None) -> fx.GraphModule:
     """``fx.GraphModule(source, graph)``, named after ``root``'s class, with what fx's copy of the graph's
     targets loses restored from ``root`` (``source`` is ``root`` or holds copies of its targets; ``memo``
-    as in :func:`add_tied_names`): the other names of tied tensors, and buffers' persistence (torch 2.11,
+    as in ``add_tied_names``): the other names of tied tensors, and buffers' persistence (torch 2.11,
     seen on a device, registers every buffer it copies as persistent, so a non-persistent mask or position
     table would enter the state dict)."""
     module = fx.GraphModule(source, graph, type(root).__name__)

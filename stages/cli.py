@@ -56,7 +56,7 @@ def _opt(name: str, default: str, text: str) -> Callable:
 def cli() -> None:
     """Structured pruning pipeline: prepare -> train -> trace -> calibrate -> select -> prune -> finetune -> evaluate.
 
-    Every command reads params.yaml (see README.md); `dvc repro` runs them all with caching.
+    Every command reads params.yaml (every key: docs/params.md); `dvc repro` runs them all with caching.
     """
 
 

@@ -35,7 +35,7 @@ def setup(params: Params) -> tuple[int, torch.device]:
     """Apply `seed` and `threads` and check `device`; every stage starts with this. Returns (seed, device).
 
     A fixed thread count keeps float reductions (and so the bytes of every artifact) the same from run to
-    run, and avoids oversubscribing a small machine (2 threads on 2 busy cores is ~20x slower than 1).
+    run, and avoids oversubscribing a small machine (more threads than free cores slows every stage down).
     """
     seed = params.get_int("seed", min=0)
     torch.set_num_threads(params.get_int("threads", min=1))

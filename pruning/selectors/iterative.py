@@ -26,8 +26,8 @@ class IterativeLabelSelector(LabelSelector):
     the model pruned by the steps before it, where ``budget_k`` goes linearly (in the cost's units) from
     the unpruned cost to ``target_latency``; after each step but the last the pruned model goes to
     ``between_steps`` (for example BatchNorm re-estimation, which changes the next scores) and its new IR
-    to ``calibrate`` (which must fill its scores, e.g. with :class:`~pruning.LossAwareCriterion` over the
-    same batches as the first calibration, or :class:`~pruning.MagnitudeCriterion`, whose relative norms
+    to ``calibrate`` (which must fill its scores, e.g. with [`LossAwareCriterion`][] over the
+    same batches as the first calibration, or [`MagnitudeCriterion`][], whose relative norms
     change as the layers around a channel lose theirs).
 
     Step 1 uses the scores ``ir`` already has (calibrate it first, as for any selector). The result is a

@@ -22,7 +22,7 @@ anchor; the real measurements still steer the budget. CPU kernels run slower at 
 measured latency is not monotone in the kept channels: use ``ChannelsConstraint(multiple_of=16)`` (or 8)
 with it.
 
-Large reductions go in steps (as the vendor's ``max_relative_latency_step=0.5``): while the target is
+Large reductions go in steps (as ENOT ``pruning_v2``'s ``max_relative_latency_step=0.5``): while the target is
 below half the anchor latency, one solve aims at half of it and the result becomes the new anchor, whose
 costs are re-measured. The best feasible selection found (highest kept score with latency <= target) is
 returned. A target at or above the unpruned latency selects nothing; a target below the latency of the
