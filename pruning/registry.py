@@ -1,14 +1,14 @@
 """Rules and the registry that finds them: one small rule per op kind.
 
 A rule says how the channels of an op's inputs reach its output, and how the op is kept valid once
-channels are removed; :class:`Rule` lists its hooks. Every layer looks rules up here (the tracer to
-decide which calls are leaves, the shape pass, channel propagation), so this module imports nothing
-from the package but :mod:`pruning.nodes`; the built-in rules register themselves when
-:mod:`pruning.rules` is imported.
+channels are removed; [`Rule`][pruning.registry.Rule] lists its hooks. Every layer looks rules up here
+(the tracer to decide which calls are leaves, the shape pass, channel propagation), so this module imports nothing
+from the package but `pruning.nodes`; the built-in rules register themselves when
+`pruning.rules` is imported.
 
 Contract of ``propagate``: every channel id that reaches the op must be accounted for: passed on to
 the output, merged with other ids, or blocked. Ids that silently vanish could be pruned wrongly, so the
-fallback for anything unknown is :class:`Conservative`: block every input channel.
+fallback for anything unknown is [`Conservative`][pruning.registry.Conservative]: block every input channel.
 """
 from __future__ import annotations
 
@@ -34,25 +34,22 @@ class Rule:
     """Base class: how channels pass through one kind of op, and how the op is sliced.
 
     Override only the hooks your op needs; the analysis calls a hook only where a rule overrides it
-    (:func:`overrides`):
+    ([`overrides`][pruning.registry.overrides]):
 
-    ==========================  =====================================================================
-    hook                        override it when
-    ==========================  =====================================================================
-    :meth:`propagate`           always: say which input channels reach the output (pass, merge, block)
-    :meth:`rewrite`             the call holds literal sizes (``x.view(n, 64, -1)``) to update after pruning
-    :meth:`update_module`       a module rule whose module keeps sizes in attributes (``out_channels``)
-    :meth:`output_shape`        a module rule that can give its output shape without running (speed only)
-    :meth:`call_shape`          the same for a function or method rule
-    :meth:`shaped_by_values`    the output shape may depend on tensor values (boolean-mask indexing)
-    :meth:`input_channel_dim`,  the layer is affine in its input (mean compensation of removed inputs)
-    :meth:`output_shift`
-    :meth:`mixes_inputs`,       the layer mixes its input channels (regression compensation)
-    :meth:`mixed_weight`
-    ==========================  =====================================================================
+    | hook | override it when |
+    |---|---|
+    | `propagate` | always: say which input channels reach the output (pass, merge, block) |
+    | `rewrite` | the call holds literal sizes (`x.view(n, 64, -1)`) to update after pruning |
+    | `update_module` | a module rule whose module keeps sizes in attributes (`out_channels`) |
+    | `output_shape` | a module rule that can give its output shape without running (speed only) |
+    | `call_shape` | the same for a function or method rule |
+    | `shaped_by_values` | the output shape may depend on tensor values (boolean-mask indexing) |
+    | `input_channel_dim`, `output_shift` | the layer is affine in its input (mean compensation of removed inputs) |
+    | `mixes_inputs`, `mixed_weight` | the layer mixes its input channels (regression compensation) |
 
     Parameter slicing is generic: a rule only declares which parameter dims carry which channels
-    (``ctx.param_axis``). Set :attr:`reads_sizes` if ``propagate`` handles sizes read from tensors.
+    (``ctx.param_axis``). Set [`reads_sizes`][pruning.registry.Rule.reads_sizes] if ``propagate`` handles
+    sizes read from tensors.
 
     A complete rule, for a function that rolls the last dim and so leaves every channel where it is::
 
@@ -68,19 +65,20 @@ class Rule:
         ir.snapshot().opaque_ops
         # []   (without the rule: ValueError naming roll_last)
 
-    ``rules=`` applies to one IR; :func:`register_rule` applies to every IR built afterwards.
+    ``rules=`` applies to one IR; [`register_rule`][pruning.registry.register_rule] applies to every IR
+    built afterwards.
     """
 
-    #: True if ``propagate`` handles sizes read from tensors among its arguments (see ``SizeOf``);
-    #: otherwise the channels such sizes come from are blocked.
     reads_sizes = False
+    """True if ``propagate`` handles sizes read from tensors among its arguments (see ``SizeOf``);
+    otherwise the channels such sizes come from are blocked."""
 
     def propagate(self, ctx: "Context", node: fx.Node) -> Any:
         raise NotImplementedError
 
     def shaped_by_values(self, node: fx.Node) -> bool:
         """Whether this call's output shape may depend on tensor values (indexing by a boolean mask), which
-        the size oracle then checks (:meth:`pruning.tracing.sizes.SizeOracle.data_dependent`; an op
+        the size oracle then checks (`SizeOracle.data_dependent`; an op
         without a rule is checked too). By default a ruled op is shaped by its inputs' shapes alone."""
         return False
 
@@ -103,23 +101,23 @@ class Rule:
         """Module rules of layers that are affine in their input (convolution, linear): the dim of an
         input of ``shape`` that holds the input channels (the output holds its channels in the same
         dim), so that pruning can fold the mean of removed input channels into the bias (see
-        :mod:`pruning.compensation`). None (the default): the layer is not compensated."""
+        [`pruning.compensation`][pruning.compensation]). None (the default): the layer is not compensated."""
         return None
 
     def output_shift(self, module: nn.Module, shift: torch.Tensor) -> torch.Tensor:
-        """For a rule with :meth:`input_channel_dim`: the change of each output channel of ``module``
-        (unpruned, away from padded borders) when input channel ``c`` is shifted by the constant
+        """For a rule with [`input_channel_dim`][pruning.registry.Rule.input_channel_dim]: the change of
+        each output channel of ``module`` (unpruned, away from padded borders) when input channel ``c`` is shifted by the constant
         ``shift[c]``."""
         raise NotImplementedError(f"{type(self).__name__} gives an input channel dim but no output_shift")
 
     def mixes_inputs(self, module: nn.Module) -> bool:
-        """For a rule with :meth:`input_channel_dim`: whether :meth:`mixed_weight` works for ``module``
-        (regression compensation; a layer that cannot mix its inputs is mean-compensated)."""
+        """For a rule with [`input_channel_dim`][pruning.registry.Rule.input_channel_dim]: whether
+        [`mixed_weight`][pruning.registry.Rule.mixed_weight] works for ``module`` (regression compensation; a layer that cannot mix its inputs is mean-compensated)."""
         return False
 
     def mixed_weight(self, module: nn.Module, mix: torch.Tensor) -> torch.Tensor:
-        """For a rule whose :meth:`mixes_inputs` is true: the weight with which ``module`` computes on an
-        input ``x`` what it computes on ``mix @ x`` (``mix`` a float64 ``(in, in)`` matrix on the weight's device,
+        """For a rule whose [`mixes_inputs`][pruning.registry.Rule.mixes_inputs] is true: the weight with
+        which ``module`` computes on an input ``x`` what it computes on ``mix @ x`` (``mix`` a float64 ``(in, in)`` matrix on the weight's device,
         acting on the input channels at every position), in float64."""
         raise NotImplementedError(f"{type(self).__name__} does not mix its inputs")
 
@@ -128,8 +126,8 @@ class Rule:
         ``args[0]`` is the tensor it is called on), computed without running it, or None to have the
         shape pass run it. Tensor arguments may be stand-ins with only ``shape``, ``dtype`` and
         ``device``; the result has the dtype and device of the tensor arguments, which the shape pass
-        requires to be all alike. Optional, like :meth:`output_shape`; return None for anything the
-        op would reject or that changes the dtype.
+        requires to be all alike. Optional, like [`output_shape`][pruning.registry.Rule.output_shape];
+        return None for anything the op would reject or that changes the dtype.
         """
         return None
 
@@ -145,9 +143,9 @@ class Fixed(Rule):
 
 
 class Conservative(Fixed):
-    """Unknown op (or a configuration a rule does not handle): as :class:`Fixed`, and reported in
+    """Unknown op (or a configuration a rule does not handle): as [`Fixed`][pruning.registry.Fixed], and reported in
     ``Snapshot.opaque_ops``. A submodule passed to it (read by ``get_attr``: a soft-traced function given
-    ``self.layer``) keeps the channels of what the op reads of it (:func:`keep_read`)."""
+    ``self.layer``) keeps the channels of what the op reads of it ([`keep_read`][pruning.registry.keep_read])."""
 
     def propagate(self, ctx: "Context", node: fx.Node) -> Any:
         ctx.report_opaque(node)
@@ -257,8 +255,8 @@ class RuleTable:
                         "name, or a function")
 
 
-#: The rules every IR sees: the built-in ones (registered when :mod:`pruning.rules` is imported) and
-#: those added with :func:`register_rule`.
+#: The rules every IR sees: the built-in ones (registered when `pruning.rules` is imported) and
+#: those added with [`register_rule`][pruning.registry.register_rule].
 RULES = RuleTable()
 _LOCAL: contextvars.ContextVar[RuleTable | None] = contextvars.ContextVar("pruning_local_rules", default=None)
 
@@ -275,7 +273,7 @@ def local_rules(table: RuleTable | None) -> Iterator[None]:
 
 def rule_for(key: type | Callable | str, by_name: bool = True) -> "Rule | None":
     """The rule for a module type, method name or function: the IR's own rules first (see
-    :func:`local_rules`), then the registry; None where neither has one."""
+    [`local_rules`][pruning.registry.local_rules]), then the registry; None where neither has one."""
     local = _LOCAL.get()
     return (local is not None and local.get(key, by_name)) or RULES.get(key, by_name)
 
@@ -336,6 +334,6 @@ def lookup(node: fx.Node, module: nn.Module | None) -> Rule:
 
 
 def overrides(rule: Rule, hook: str) -> bool:
-    """Whether ``rule``'s class overrides the :class:`Rule` hook named ``hook`` (an optional hook is used
-    only where it is)."""
+    """Whether ``rule``'s class overrides the [`Rule`][pruning.registry.Rule] hook named ``hook`` (an
+    optional hook is used only where it is)."""
     return getattr(type(rule), hook) is not getattr(Rule, hook)

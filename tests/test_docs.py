@@ -55,3 +55,15 @@ def test_the_readme_example_runs_and_meets_its_target():
     model, pruned, macs, batches = (namespace[name] for name in ("model", "pruned", "macs", "batches"))
     assert macs(pruned) <= 0.5 * macs(model)
     assert pruned(batches[0][0]).shape == (8, 10)
+
+
+def test_the_adding_a_rule_page_s_rule_and_its_test_run_as_written():
+    """The worked example of docs/adding-a-rule.md: its module and rule, then its test (which gives the rule to one
+    IR with ``rules=``); the global registration block is left out so the registry stays as it is."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "adding-a-rule.md").read_text(), re.DOTALL)
+    rule, test = blocks[0], blocks[-1]
+    assert "class ScaledGELURule(Rule)" in rule and "def test_scaled_gelu_prunes_with_its_rule" in test
+    namespace: dict = {}
+    exec(compile(rule + "\n" + test, "docs/adding-a-rule.md", "exec"), namespace)
+    torch.manual_seed(0)
+    namespace["test_scaled_gelu_prunes_with_its_rule"]()
