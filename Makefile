@@ -27,11 +27,11 @@ test-all: setup
 	$(PY) -m pytest -q -n 2 tests
 
 zoo: setup
-	$(PY) benchmarks/zoo.py
+	$(PY) -m benchmarks.zoo
 
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) benchmarks/run_all.py
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV)
