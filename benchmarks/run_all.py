@@ -3,7 +3,7 @@ realised latency, ours against Torch-Pruning 1.6.1, all on this machine.
 
     python -m benchmarks.run_all [--quick] [--reuse coverage speed quality quality_fashion hf_coverage] [--out BENCHMARKS.md]
 
-Each part runs as its own module in a subprocess (``benchmarks.coverage``, ``benchmarks.speed`` with
+Each part runs as its own module in a subprocess (``benchmarks.coverage_table``, ``benchmarks.speed`` with
 ``--calibration``, ``benchmarks.quality`` on digits and, as ``quality_fashion``, on Fashion-MNIST, and as
 ``hf_coverage`` ``benchmarks.hf_zoo --peer``), writing JSON under
 ``benchmarks/results/``; ``--reuse PART`` takes that
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import coverage as coverage_part
+from . import coverage_table as coverage_part
 from . import quality as quality_part
 from . import speed as speed_part
 
@@ -44,7 +44,7 @@ def part_commands(quick: bool) -> dict[str, list[str]]:
     q = ["--quick"] if quick else []
     out = results_dir(quick).relative_to(ROOT)
     return {
-        "coverage": ["-m", "benchmarks.coverage", *q, "--timeout", "120" if quick else "600", "--jobs", "2", "--json", f"{out}/coverage.json"],
+        "coverage": ["-m", "benchmarks.coverage_table", *q, "--timeout", "120" if quick else "600", "--jobs", "2", "--json", f"{out}/coverage.json"],
         "speed": ["-m", "benchmarks.speed", *q, "--repeats", "7", "--calibration", "--json", f"{out}/speed.json"],
         "quality": ["-m", "benchmarks.quality", *q, "--jobs", "2", "--finetune-epochs", "5", "--seeds", "10", "--json", f"{out}/quality.json"],
         "quality_fashion": ["-m", "benchmarks.quality", *q, "--data", "fashion_mnist", "--jobs", "2", "--baseline-epochs",

@@ -1,7 +1,7 @@
 """Coverage: every torchvision classification model through both tools at 50% uniform pruning.
 
-    python -m benchmarks.coverage [--models resnet18 vit_b_32 ...] [--quick] [--timeout 900] [--jobs 2]
-                                  [--json benchmarks/results/coverage.json] [--markdown coverage.md]
+    python -m benchmarks.coverage_table [--models resnet18 vit_b_32 ...] [--quick] [--timeout 900] [--jobs 2]
+                                        [--json benchmarks/results/coverage.json] [--markdown coverage.md]
 
 Per model, in a fresh subprocess each (so a crash, a hang or memory growth in one model cannot stop
 the table; a subprocess past ``--timeout`` seconds is killed and reported as a timeout), random weights
