@@ -33,7 +33,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .zoo import run_all_isolated
+from .zoo import prune_half_and_check, run_all_isolated
 
 
 TASKS = {"causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
@@ -92,7 +92,6 @@ def run_model(spec: str, max_params: float, peer: bool = False) -> dict:
     from transformers.models.auto import modeling_auto
 
     from pruning.verify import perturb
-    from zoo import prune_half_and_check
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)

@@ -18,7 +18,7 @@ import re
 import warnings
 from pathlib import Path
 
-from .zoo import run_all_isolated
+from .zoo import prune_half_and_check, run_all_isolated
 
 
 SMALL = ("atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "small", "_s", "18", "b0", "050")
@@ -38,7 +38,6 @@ def run_model(name: str) -> dict:
     import torch
 
     from pruning.verify import perturb
-    from zoo import prune_half_and_check
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)

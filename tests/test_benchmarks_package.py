@@ -39,13 +39,25 @@ def test_every_benchmark_imports_as_a_package_module() -> None:
     assert result == {"path_changed": False, "top_level": []}
 
 
+def _nodes() -> list[tuple[str, ast.AST]]:
+    return [(path.name, node) for path in sorted(BENCHMARKS.glob("*.py")) for node in ast.walk(ast.parse(path.read_text()))]
+
+
 def test_no_benchmark_touches_sys_path() -> None:
     """Not at import time, nor in a function (a child process's entry point, a lazy import)."""
-    touching = [f"{path.name}:{node.lineno}" for path in sorted(BENCHMARKS.glob("*.py"))
-                for node in ast.walk(ast.parse(path.read_text()))
+    touching = [f"{name}:{node.lineno}" for name, node in _nodes()
                 if isinstance(node, ast.Attribute) and node.attr == "path"
                 and isinstance(node.value, ast.Name) and node.value.id == "sys"]
     assert touching == []
+
+
+def test_benchmarks_import_one_another_within_the_package() -> None:
+    """Every import of a benchmark module, in a function too (which importing the modules does not run), goes
+    through the package: ``from .zoo import ...``, not ``from zoo import ...``."""
+    bare = [f"{name}:{node.lineno}" for name, node in _nodes()
+            if isinstance(node, ast.Import) and any(alias.name.split(".")[0] in MODULES for alias in node.names)
+            or isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] in MODULES]
+    assert bare == []
 
 
 def test_no_benchmark_module_shadows_a_package() -> None:
