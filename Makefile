@@ -31,11 +31,11 @@ docs: setup
 	$(PY) -m mkdocs build --strict --site-dir site
 
 zoo: setup
-	$(PY) benchmarks/zoo.py
+	$(PY) -m benchmarks.zoo
 
 bench: setup
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) benchmarks/run_all.py
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV)

@@ -1,6 +1,6 @@
 """Compensation at equal MACs: none, mean and regression (``ir.prune(compensate=...)``) side by side.
 
-    python benchmarks/compensation.py [--data digits|fashion_mnist] [--models default wide]
+    python -m benchmarks.compensation [--data digits|fashion_mnist] [--models default wide]
                                       [--targets 0.3 0.5 0.7] [--seeds 2] [--json F] [--markdown F]
 
 The quality benchmark's models, data, calibration batches and selection (``benchmarks/quality.py``): per
@@ -19,23 +19,17 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
-import torch
+from pruning import PruningIR, latency
+from stages.calibrate import score
+from stages.data import load_split, make_loader
+from stages.select import _select
+from stages.training import accuracy, recalibrate_batchnorm, seed_everything, setup
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import peer  # noqa: E402
-import quality  # noqa: E402
-from pruning import PruningIR, latency  # noqa: E402
-from stages.calibrate import score  # noqa: E402
-from stages.data import load_split, make_loader  # noqa: E402
-from stages.select import _select  # noqa: E402
-from stages.training import accuracy, recalibrate_batchnorm, seed_everything, setup  # noqa: E402
+from . import peer, quality
 
 SELECTORS = ("uniform", "global", "knapsack")
 COMPENSATIONS = (False, "mean", "regression")

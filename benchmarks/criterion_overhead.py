@@ -6,7 +6,7 @@ Repeats alternate plain and calibrated steps; medians of wall-clock and of proce
 better measure of work when other processes share the cores) and their ratios are printed.
 ``--input-covariance`` calibrates with ``LossAwareCriterion(ir, input_covariance=True)`` (the products
 regression compensation needs).
-Run (after `make setup`, or prefix PYTHONPATH=.): .venv/bin/python benchmarks/criterion_overhead.py [--batch N] [--repeats N] [--input-covariance] [model ...]
+Run from the repository root: .venv/bin/python -m benchmarks.criterion_overhead [--batch N] [--repeats N] [--input-covariance] [model ...]
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Loss-aware (group Taylor) scores against plain weight magnitude, on the pipeline's trained model.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/criterion_vs_magnitude.py   # after `make run`
+    .venv/bin/python -m benchmarks.criterion_vs_magnitude   # after `make run`
 
 Both score sets go through the same selector, so only the ranking differs. Magnitude of a label = sum of
 the squares of every parameter element it owns (its filters, their norm parameters, the consumers'
@@ -9,6 +9,8 @@ fine-tuning), as pruned and after re-estimating BatchNorm statistics on 20 train
 step), for uniform and global selection at several ratios.
 """
 from __future__ import annotations
+
+import argparse
 
 import torch
 
@@ -64,4 +66,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

@@ -1,6 +1,6 @@
 """Forward time of our GraphModules against the eager model, and of our pruned model against the peer's.
 
-    python benchmarks/forward_overhead.py [--models digits resnet18 ...] [--rounds 30] [--seconds 0.1]
+    python -m benchmarks.forward_overhead [--models digits resnet18 ...] [--rounds 30] [--seconds 0.1]
 
 Our pruned models are ``torch.fx.GraphModule``s; Torch-Pruning's are the original classes with their own
 forward. At batch 1 the Python of a forward is a visible part of a small model's time, so this measures
@@ -22,19 +22,16 @@ import argparse
 import copy
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 import torchvision
 from torch import fx, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import peer  # noqa: E402
-from pruning import PruningIR, UniformLabelSelector, latency  # noqa: E402
-from pruning.magnitude import MagnitudeCriterion  # noqa: E402
-from stages.models import DigitsResNet  # noqa: E402
+from pruning import PruningIR, UniformLabelSelector, latency
+from pruning.magnitude import MagnitudeCriterion
+from stages.models import DigitsResNet
+
+from . import peer
 
 MODELS = ["digits", "resnet18", "mobilenet_v2", "densenet121", "efficientnet_b0"]
 

@@ -2,7 +2,7 @@
 group, run, check.
 
     pip install transformers   # not a dependency of the library (the dev install pins it for the tests)
-    python benchmarks/hf_zoo.py [--tasks causal-lm image-classification sequence-classification]
+    python -m benchmarks.hf_zoo [--tasks causal-lm image-classification sequence-classification]
                                 [--models llama vit ...] [--peer] --json out.json --markdown out.md
 
 For every model type that ``transformers`` maps to a head of a task (``AutoModelForCausalLM``,
@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import run_all_isolated  # noqa: E402
+from .zoo import prune_half_and_check, run_all_isolated
+
 
 TASKS = {"causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
          "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
@@ -70,7 +68,7 @@ def peer_result(model, x, reference) -> dict:
     the same check as ours (it runs and returns its own output class with the logits' shape)."""
     import torch
 
-    import peer
+    from . import peer
 
     before = sum(p.numel() for p in model.parameters())
     started = time.perf_counter()
@@ -94,7 +92,6 @@ def run_model(spec: str, max_params: float, peer: bool = False) -> dict:
     from transformers.models.auto import modeling_auto
 
     from pruning.verify import perturb
-    from zoo import prune_half_and_check
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -213,10 +210,10 @@ def main() -> None:
         earlier = {row["model"]: row for row in json.loads(args.ours_from.read_text())}
         rows = [earlier[spec] for spec in specs]
     else:
-        rows = run_all_isolated(__file__, specs, args.jobs, args.timeout, args.json, "--max-params", str(args.max_params))
+        rows = run_all_isolated(__spec__.name, specs, args.jobs, args.timeout, args.json, "--max-params", str(args.max_params))
     if args.peer:  # in processes of their own, so that the peer's failures and time-outs cannot cost our rows
         built = [row["model"] for row in rows if "skipped" not in row]
-        peers = run_all_isolated(__file__, built, args.jobs, args.peer_timeout, None, "--max-params",
+        peers = run_all_isolated(__spec__.name, built, args.jobs, args.peer_timeout, None, "--max-params",
                                  str(args.max_params), "--peer")
         for row in rows:
             if "skipped" not in row:
@@ -232,7 +229,7 @@ def main() -> None:
     table = markdown(rows)
     print("\n" + "\n".join(line for line in table.splitlines() if line.startswith("**")))
     if args.markdown:
-        args.markdown.write_text(f"transformers {transformers.__version__}, from `python benchmarks/hf_zoo.py`\n\n"
+        args.markdown.write_text(f"transformers {transformers.__version__}, from `python -m benchmarks.hf_zoo`\n\n"
                                  + table + "\n")
 
 

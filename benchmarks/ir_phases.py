@@ -1,6 +1,6 @@
 """Where the time of an IR build + 50% prune goes, phase by phase (one warm process, medians).
 
-    python benchmarks/ir_phases.py [--models mobilenet_v2 resnet50] [--runs 9] [--threads 1]
+    python -m benchmarks.ir_phases [--models mobilenet_v2 resnet50] [--runs 9] [--threads 1]
 
 Phases, each timed on its own (random weights, 1x3x224x224, the first half of every group pruned):
 - ``fx trace``: ``torch.fx`` symbolic tracing of the model (our tracer: leaf modules, soft tracing);
@@ -19,24 +19,20 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
 from torch import fx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from pruning import PruningIR  # noqa: E402
-from pruning.channels.propagation import Context  # noqa: E402
-from pruning.ir import fingerprint  # noqa: E402
-from pruning.surgery import _copied_root, _copy_targets, _like, sliced_tensors  # noqa: E402
-from pruning.tracing import record_shapes, trace_graph  # noqa: E402
-from zoo import half_of_every_group  # noqa: E402
+from pruning import PruningIR
+from pruning.channels.propagation import Context
+from pruning.ir import fingerprint
+from pruning.surgery import _copied_root, _copy_targets, _like, sliced_tensors
+from pruning.tracing import record_shapes, trace_graph
+
+from .zoo import half_of_every_group
 
 PHASES = ["fx trace", "shape pass", "propagation", "IR id", "select", "prune", "GraphModule"]
 

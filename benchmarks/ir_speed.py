@@ -1,6 +1,6 @@
 """IR build + 50% prune time of one model in fresh processes (what a user's first call costs).
 
-    python benchmarks/ir_speed.py [--model resnet50] [--runs 5]
+    python -m benchmarks.ir_speed [--model resnet50] [--runs 5]
 
 Each run is a new Python process (imports and model construction are not timed), so no cache of an
 earlier run helps; prints every run and the median.

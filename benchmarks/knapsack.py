@@ -5,11 +5,11 @@ score; lower is better) for the knapsack and for uniform and global selection tu
 least pruning whose MACs are at or below the knapsack's achieved MACs.
 Random weights (torchvision zero-initialises the ViT head, which would zero every gradient, so it is
 re-drawn); calibration on random images with cross-entropy on random targets.
-Run (after `make setup`, or prefix PYTHONPATH=.): .venv/bin/python benchmarks/knapsack.py [model ...]
+Run from the repository root: .venv/bin/python -m benchmarks.knapsack [model ...]
 """
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import torch
@@ -78,4 +78,7 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["resnet50", "mobilenet_v2", "vit_b_16"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", default=["resnet50", "mobilenet_v2", "vit_b_16"],
+                        help="torchvision model names (default: resnet50 mobilenet_v2 vit_b_16)")
+    main(parser.parse_args().models)

@@ -1,6 +1,6 @@
 """Knapsack to a measured CPU latency target: resnet50 at 30/50/70% of its measured latency.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/knapsack_latency.py [--threads 2]
+    .venv/bin/python -m benchmarks.knapsack_latency [--threads 2]
 
 The selector sees `pruning.latency.measured_latency` (median ms of batch-1 forward passes) and keeps channel
 counts at multiples of 16 (CPU convolutions run markedly slower at odd widths, which makes latency

@@ -1,6 +1,6 @@
 """Time and peak memory of PruningIR build and prune against model size, for a ladder of large models.
 
-    python benchmarks/large_models.py [--models resnet50 vit_h_14 bert-large ...] [--markdown out.md]
+    python -m benchmarks.large_models [--models resnet50 vit_h_14 bert-large ...] [--markdown out.md]
 
 Each model runs in its own subprocess (so high-water marks do not carry over): random weights (no download),
 IR built from one example input, then 50% of every group pruned (uniform selection on random scores). Peak
@@ -24,9 +24,9 @@ import torchvision
 from torch import nn
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pruning import PruningIR, UniformLabelSelector
 
+ROOT = Path(__file__).resolve().parents[1]
 VISION = ["resnet50", "vit_l_16", "regnet_y_32gf", "vit_h_14", "regnet_y_128gf"]
 BERT = {  # transformers BertConfig sizes (random weights)
     "bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072},
@@ -104,8 +104,8 @@ def measure(name: str) -> dict:
 
 
 def run_isolated(name: str, timeout: float) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    proc = subprocess.run([sys.executable, "-m", __spec__.name, "--one", name], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, check=False)
     if proc.returncode != 0:
         return {"model": name, "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

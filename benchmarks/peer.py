@@ -1,6 +1,6 @@
 """Thin adapter around Torch-Pruning 1.6.1 (the peer), used by the side-by-side benchmarks.
 
-    python benchmarks/peer.py [--model resnet18] [--ratio 0.5] [--importance magnitude|taylor] [--global]
+    python -m benchmarks.peer [--model resnet18] [--ratio 0.5] [--importance magnitude|taylor] [--global]
 
 What the adapter does, and nothing more, for every model alike:
 - the classifier is kept: every nn.Linear / nn.Conv2d whose output size equals the model's number of

@@ -1,9 +1,9 @@
 """Quality at equal cost: our selectors against Torch-Pruning's importances on the pipeline's digits models.
 
-    python benchmarks/quality.py [--targets 0.3 0.5 0.7] [--models default wide] [--quick]
+    python -m benchmarks.quality [--targets 0.3 0.5 0.7] [--models default wide] [--quick]
                                  [--json benchmarks/results/quality.json]
-    python benchmarks/quality.py --data fashion_mnist [--image-size 14] [--baseline-epochs 10] ...
-    python benchmarks/quality.py ... --only "TP taylor global 3 steps" --json FILE --merge   # add rows to FILE
+    python -m benchmarks.quality --data fashion_mnist [--image-size 14] [--baseline-epochs 10] ...
+    python -m benchmarks.quality ... --only "TP taylor global 3 steps" --json FILE --merge   # add rows to FILE
 
 Models (data: the pipeline's prepared digits split under data/prepared, settings from params.yaml):
 - ``default``: the pipeline's trained baseline (``artifacts/baseline.pt``, DigitsResNet width 32); trained
@@ -59,17 +59,17 @@ import torch
 import torch.nn as nn
 import yaml
 
+from pruning import PruningIR, latency
+from stages.calibrate import _batches, score
+from stages.data import load_split, make_loader, read_meta
+from stages.models import build_from_spec, build_model, load_checkpoint, model_spec
+from stages.params import Params
+from stages.select import _select, _select_in_steps, batchnorm_reestimation
+from stages.training import accuracy, recalibrate_batchnorm, seed_everything, setup, train_epochs
+
+from . import peer
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import peer  # noqa: E402
-from pruning import PruningIR, latency  # noqa: E402
-from stages.calibrate import _batches, score  # noqa: E402
-from stages.data import load_split, make_loader, read_meta  # noqa: E402
-from stages.models import build_from_spec, build_model, load_checkpoint, model_spec  # noqa: E402
-from stages.params import Params  # noqa: E402
-from stages.select import _select, _select_in_steps, batchnorm_reestimation  # noqa: E402
-from stages.training import accuracy, recalibrate_batchnorm, seed_everything, setup, train_epochs  # noqa: E402
 
 STEPS = 3  # the iterative rows: selection steps (ours: select.steps; peer: iterative_steps)
 # ours: (selector, steps, criterion)
@@ -477,7 +477,7 @@ def _parallel(models: list[str], args: argparse.Namespace) -> list[dict]:
         if model_label(args.data, m) in done:
             done[m] = done.pop(model_label(args.data, m))
             continue
-        cmd = [sys.executable, __file__, "--models", m, "--json", str(parts[m]), "--rounds", str(args.rounds),
+        cmd = [sys.executable, "-m", __spec__.name, "--models", m, "--json", str(parts[m]), "--rounds", str(args.rounds),
                "--targets", *map(str, args.targets), "--data", args.data, "--image-size", str(args.image_size)]
         if args.baseline_epochs is not None:
             cmd += ["--baseline-epochs", str(args.baseline_epochs)]

@@ -1,6 +1,6 @@
 """How much the choice of layer widths matters after fine-tuning: every method against random allocations.
 
-    python benchmarks/random_allocations.py [--data fashion_mnist] [--model default] [--target 0.3]
+    python -m benchmarks.random_allocations [--data fashion_mnist] [--model default] [--target 0.3]
                                             [--samples 12] [--seeds 2] [--finetune-epochs 1]
                                             [--json F] [--markdown F]
 
@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -33,17 +32,15 @@ from pathlib import Path
 import numpy as np
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import quality  # noqa: E402
-from pruning import PruningIR, latency  # noqa: E402
-from pruning.selectors.base import removal_order, round_half_up, snapshot_scores  # noqa: E402
-from stages.calibrate import score  # noqa: E402
-from stages.data import load_split, make_loader  # noqa: E402
-from stages.errors import StageError  # noqa: E402
-from stages.select import _smallest_meeting_target  # noqa: E402
-from stages.training import setup  # noqa: E402
+from pruning import PruningIR, latency
+from pruning.selectors.base import removal_order, round_half_up, snapshot_scores
+from stages.calibrate import score
+from stages.data import load_split, make_loader
+from stages.errors import StageError
+from stages.select import _smallest_meeting_target
+from stages.training import setup
+
+from . import quality
 
 WEIGHTS = (0.3, 1.7)  # range of the random per-group weights of the pruning ratio
 MOST = 0.97  # no group loses more than this fraction (and always keeps one label)

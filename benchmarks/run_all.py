@@ -1,15 +1,15 @@
 """Regenerate BENCHMARKS.md and benchmarks/figures/*.png: coverage, tool speed, quality at equal cost and
 realised latency, ours against Torch-Pruning 1.6.1, all on this machine.
 
-    python benchmarks/run_all.py [--quick] [--reuse coverage speed quality quality_fashion hf_coverage] [--out BENCHMARKS.md]
+    python -m benchmarks.run_all [--quick] [--reuse coverage speed quality quality_fashion hf_coverage] [--out BENCHMARKS.md]
 
-Each part runs as its own script in a subprocess (``benchmarks/coverage.py``, ``speed.py`` with
-``--calibration``, ``quality.py`` on digits and, as ``quality_fashion``, on Fashion-MNIST, and as
-``hf_coverage`` ``hf_zoo.py --peer``), writing JSON under
+Each part runs as its own module in a subprocess (``benchmarks.coverage_table``, ``benchmarks.speed`` with
+``--calibration``, ``benchmarks.quality`` on digits and, as ``quality_fashion``, on Fashion-MNIST, and as
+``hf_coverage`` ``benchmarks.hf_zoo --peer``), writing JSON under
 ``benchmarks/results/``; ``--reuse PART`` takes that
 JSON from an earlier run instead of running the part again (BENCHMARKS.md then says so, with the date of
 the file). ``--quick`` passes ``--quick`` to every part (minutes instead of hours) and writes to
-``BENCHMARKS.quick.md``, ``benchmarks/results/quick/`` and ``benchmarks/figures/quick/`` instead. ``make bench`` runs this script without flags.
+``BENCHMARKS.quick.md``, ``benchmarks/results/quick/`` and ``benchmarks/figures/quick/`` instead. ``make bench`` runs this module without flags.
 """
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ import sys
 import time
 from pathlib import Path
 
+from . import coverage_table as coverage_part
+from . import quality as quality_part
+from . import speed as speed_part
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
 FIGURES = BENCH / "figures"
-sys.path.insert(0, str(BENCH))
-import coverage as coverage_part  # noqa: E402
-import quality as quality_part  # noqa: E402
-import speed as speed_part  # noqa: E402
 
 PY = ".venv/bin/python"
 
@@ -44,13 +44,13 @@ def part_commands(quick: bool) -> dict[str, list[str]]:
     q = ["--quick"] if quick else []
     out = results_dir(quick).relative_to(ROOT)
     return {
-        "coverage": ["benchmarks/coverage.py", *q, "--timeout", "120" if quick else "600", "--jobs", "2", "--json", f"{out}/coverage.json"],
-        "speed": ["benchmarks/speed.py", *q, "--repeats", "7", "--calibration", "--json", f"{out}/speed.json"],
-        "quality": ["benchmarks/quality.py", *q, "--jobs", "2", "--finetune-epochs", "5", "--seeds", "10", "--json", f"{out}/quality.json"],
-        "quality_fashion": ["benchmarks/quality.py", *q, "--data", "fashion_mnist", "--jobs", "2", "--baseline-epochs",
+        "coverage": ["-m", "benchmarks.coverage_table", *q, "--timeout", "120" if quick else "600", "--jobs", "2", "--json", f"{out}/coverage.json"],
+        "speed": ["-m", "benchmarks.speed", *q, "--repeats", "7", "--calibration", "--json", f"{out}/speed.json"],
+        "quality": ["-m", "benchmarks.quality", *q, "--jobs", "2", "--finetune-epochs", "5", "--seeds", "10", "--json", f"{out}/quality.json"],
+        "quality_fashion": ["-m", "benchmarks.quality", *q, "--data", "fashion_mnist", "--jobs", "2", "--baseline-epochs",
                             "2" if quick else "10", "--finetune-epochs", "1", "--short-epochs", "0", "--seeds", "2",
                             "--json", f"{out}/quality_fashion.json"],
-        "hf_coverage": ["benchmarks/hf_zoo.py", "--peer", *(["--models", "llama", "bert", "vit", "gpt2", "opt"] if quick else []),
+        "hf_coverage": ["-m", "benchmarks.hf_zoo", "--peer", *(["--models", "llama", "bert", "vit", "gpt2", "opt"] if quick else []),
                         "--jobs", "2", "--json", f"{out}/hf_coverage.json", "--markdown",
                         f"{'benchmarks/results/quick' if quick else 'benchmarks'}/hf_zoo.md"],
     }
@@ -65,7 +65,6 @@ def unavailable(name: str) -> str | None:
         if importlib.util.find_spec("transformers") is None:
             return "transformers is not installed: `.venv/bin/pip install -r requirements-dev.txt`, then rerun"
     if name == "quality_fashion":
-        sys.path.insert(0, str(ROOT))
         from stages.data import FASHION_MNIST_ROOT, is_idx_dir
 
         if not is_idx_dir(FASHION_MNIST_ROOT):
@@ -460,7 +459,7 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
 
     head = [
         "# Benchmarks: ours vs Torch-Pruning 1.6.1" + (" (quick run)" if quick else ""), "",
-        (f"Generated {info['date']} by `benchmarks/run_all.py` in {wall / 60:.0f} min." if not reused else
+        (f"Generated {info['date']} by `{PY} -m benchmarks.run_all` in {wall / 60:.0f} min." if not reused else
          f"Written {info['date']} by `{info['argv']}` from the parts' JSON results (their dates are under Commands; "
          "parts not reused ran in this invocation)."), "",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']:.0f} GiB RAM, {m['os']}; shared with other "
@@ -468,7 +467,7 @@ def write_markdown(out: Path, info: dict, results: dict, figs: list[str], comman
         "so every timing interleaves the two tools and reports medians and ratios",
         f"- software: Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, torch-pruning "
         f"{m['torch_pruning']}; CPU only, one torch thread per process",
-        "", "## Commands", "", "```bash", "make bench    # = .venv/bin/pip install -e '.[bench]' && .venv/bin/python benchmarks/run_all.py",
+        "", "## Commands", "", "```bash", "make bench    # = .venv/bin/pip install -e '.[bench]' && .venv/bin/python -m benchmarks.run_all",
     ]
     for name, cmd in commands.items():
         note = f"   # reused from {reused[name]}" if name in reused else ""
@@ -559,7 +558,7 @@ def main() -> None:
     out = (args.out or ROOT / ("BENCHMARKS.quick.md" if args.quick else "BENCHMARKS.md")).resolve()
     started = time.perf_counter()
     info = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-            "argv": " ".join([PY, "benchmarks/run_all.py", *sys.argv[1:]]),
+            "argv": " ".join([PY, "-m", "benchmarks.run_all", *sys.argv[1:]]),
             "load_start": load_average()}
     commands = {k: v for k, v in part_commands(args.quick).items() if k not in args.skip}
     results, reused = {}, {}

@@ -1,6 +1,6 @@
 """Tool speed: our IR build + prune against Torch-Pruning's DependencyGraph build + pruning step.
 
-    python benchmarks/speed.py [--models resnet50 ...] [--repeats 5] [--quick] [--json out.json]
+    python -m benchmarks.speed [--models resnet50 ...] [--repeats 5] [--quick] [--json out.json]
                                [--calibration] [--calibration-repeats 3]
 
 Per model (random weights perturbed by ``pruning.verify.perturb``, 1x3x224x224, one torch thread for
@@ -39,13 +39,13 @@ from pathlib import Path
 import torch
 import torchvision
 
+from pruning import PruningIR
+from pruning.verify import perturb
+
+from . import peer
+from .zoo import INPUT_SIZE, half_of_every_group
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import peer  # noqa: E402
-from pruning import PruningIR  # noqa: E402
-from pruning.verify import perturb  # noqa: E402
-from zoo import INPUT_SIZE, half_of_every_group  # noqa: E402
 
 MODELS = ["resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0", "vit_b_16", "convnext_tiny"]
 
@@ -145,11 +145,10 @@ def markdown(rows: list[dict]) -> str:
 
 
 def calibration_overhead(models: list[str], repeats: int, batch: int) -> str:
-    """The printed table of benchmarks/criterion_overhead.py (run as it is, in a subprocess)."""
-    command = [sys.executable, str(ROOT / "benchmarks" / "criterion_overhead.py"), *models,
+    """The printed table of ``benchmarks.criterion_overhead`` (run as it is, in a subprocess)."""
+    command = [sys.executable, "-m", "benchmarks.criterion_overhead", *models,
                "--repeats", str(repeats), "--batch", str(batch)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         return f"criterion_overhead.py failed (exit {done.returncode}):\n" + done.stderr[-2000:]
     return done.stdout.strip()
@@ -184,7 +183,7 @@ def main() -> None:
         cal_models = args.calibration_models[:1] if args.quick else args.calibration_models
         cal_repeats = 2 if args.quick else args.calibration_repeats
         result["calibration"] = calibration_overhead(cal_models, cal_repeats, args.calibration_batch)
-        result["calibration_command"] = (f"PYTHONPATH=. .venv/bin/python benchmarks/criterion_overhead.py {' '.join(cal_models)} "
+        result["calibration_command"] = (f".venv/bin/python -m benchmarks.criterion_overhead {' '.join(cal_models)} "
                                          f"--repeats {cal_repeats} --batch {args.calibration_batch}")
         print(result["calibration"])
     if args.json:

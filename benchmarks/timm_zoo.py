@@ -1,7 +1,7 @@
 """One model of every timm family through PruningIR: build, prune half of every group, run, check.
 
     pip install timm        # not a dependency of the library or of the bench extra
-    python benchmarks/timm_zoo.py [--models convnext_atto vit_small_patch16_224 ...] --json out.json --markdown out.md
+    python -m benchmarks.timm_zoo [--models convnext_atto vit_small_patch16_224 ...] --json out.json --markdown out.md
 
 A family is a model name up to its first digit or underscore (``resnet``, ``convnext``...); the first
 of its smallest variants (tiny/small/nano..., else the first name) stands for it. Each model runs in
@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import run_all_isolated  # noqa: E402
+from .zoo import prune_half_and_check, run_all_isolated
+
 
 SMALL = ("atto", "femto", "pico", "nano", "tiny", "xxs", "xs", "small", "_s", "18", "b0", "050")
 
@@ -40,7 +38,6 @@ def run_model(name: str) -> dict:
     import torch
 
     from pruning.verify import perturb
-    from zoo import prune_half_and_check
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -88,11 +85,11 @@ def main() -> None:
     import timm
 
     names = args.models or families(timm.list_models())
-    rows = run_all_isolated(__file__, names, args.jobs, args.timeout, args.json)
+    rows = run_all_isolated(__spec__.name, names, args.jobs, args.timeout, args.json)
     table = markdown(rows)
     print("\n" + table.splitlines()[-1])
     if args.markdown:
-        args.markdown.write_text(f"timm {timm.__version__}, from `python benchmarks/timm_zoo.py`\n\n" + table + "\n")
+        args.markdown.write_text(f"timm {timm.__version__}, from `python -m benchmarks.timm_zoo`\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Every torchvision model through PruningIR: build, prune 50% of every group, check.
 
-    python benchmarks/zoo.py [--models resnet18 vit_b_32 ...] [--markdown zoo.md]
-    python benchmarks/zoo.py --families detection segmentation video optical_flow [--markdown tasks.md]
+    python -m benchmarks.zoo [--models resnet18 vit_b_32 ...] [--markdown zoo.md]
+    python -m benchmarks.zoo --families detection segmentation video optical_flow [--markdown tasks.md]
 
 Per model (random weights, perturbed so that no layer is all zero): prunable labels, groups,
 unprunable labels, IR build and prune seconds (median of --repeats), parameter and MAC ratios after
@@ -35,11 +35,11 @@ from typing import Any, Callable
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pruning import PruningIR  # noqa: E402
-from pruning.latency import macs  # noqa: E402
-from pruning.verify import equivalence_error, perturb  # noqa: E402
+from pruning import PruningIR
+from pruning.latency import macs
+from pruning.verify import equivalence_error, perturb
 
+ROOT = Path(__file__).resolve().parents[1]
 INPUT_SIZE = {"inception_v3": 299}
 
 #: family: (torchvision module, keyword arguments to build a model, example input builder).
@@ -111,12 +111,12 @@ def prune_half_and_check(model: torch.nn.Module, x: torch.Tensor, row: dict, run
             row["float32"] = True
 
 
-def run_isolated(script: str, name: str, timeout: float, *options: str) -> dict:
-    """``script --child name [options]`` in a fresh process (memory and any crash stay there): the JSON row it
-    prints."""
+def run_isolated(module: str, name: str, timeout: float, *options: str) -> dict:
+    """``python -m module --child name [options]`` in a fresh process (memory and any crash stay there): the JSON
+    row it prints."""
     try:
-        done = subprocess.run([sys.executable, script, "--child", name, *options], capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run([sys.executable, "-m", module, "--child", name, *options], capture_output=True,
+                              text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"model": name, "error": f"timeout after {timeout:.0f}s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
@@ -125,13 +125,13 @@ def run_isolated(script: str, name: str, timeout: float, *options: str) -> dict:
     return json.loads(lines[-1])
 
 
-def run_all_isolated(script: str, names: list[str], jobs: int, timeout: float, json_path: Path | None,
+def run_all_isolated(module: str, names: list[str], jobs: int, timeout: float, json_path: Path | None,
                      *options: str) -> list[dict]:
     """``run_isolated`` for every name, ``jobs`` at a time: one line per row as it comes, the rows so far
     written to ``json_path`` after each (atomically)."""
     rows = []
     with ThreadPoolExecutor(jobs) as pool:
-        for row in pool.map(lambda name: run_isolated(script, name, timeout, *options), names):
+        for row in pool.map(lambda name: run_isolated(module, name, timeout, *options), names):
             rows.append(row)
             outcome = row.get("peer", row)  # a peer's row (hf_zoo --peer) carries its result under "peer"
             name = f"{row['model']} peer:" if "peer" in row else row["model"]

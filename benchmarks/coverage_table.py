@@ -1,7 +1,7 @@
 """Coverage: every torchvision classification model through both tools at 50% uniform pruning.
 
-    python benchmarks/coverage.py [--models resnet18 vit_b_32 ...] [--quick] [--timeout 900] [--jobs 2]
-                                  [--json benchmarks/results/coverage.json] [--markdown coverage.md]
+    python -m benchmarks.coverage_table [--models resnet18 vit_b_32 ...] [--quick] [--timeout 900] [--jobs 2]
+                                        [--json benchmarks/results/coverage.json] [--markdown coverage.md]
 
 Per model, in a fresh subprocess each (so a crash, a hang or memory growth in one model cannot stop
 the table; a subprocess past ``--timeout`` seconds is killed and reported as a timeout), random weights
@@ -33,13 +33,12 @@ QUICK = ["resnet18", "mobilenet_v2", "densenet121", "efficientnet_b0", "convnext
 def _child(name: str, tool: str) -> dict:
     """Runs in the subprocess: one model through one tool."""
     warnings.filterwarnings("ignore")
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import torch
     import torchvision
 
     from pruning.verify import perturb
-    from zoo import INPUT_SIZE, half_of_every_group
+
+    from .zoo import INPUT_SIZE, half_of_every_group
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -54,7 +53,7 @@ def _child(name: str, tool: str) -> dict:
         ir = PruningIR(model, example_input=x)
         pruned = ir.prune(labels=half_of_every_group(ir.snapshot())).model
     else:
-        import peer
+        from . import peer
 
         with torch.enable_grad():
             pruned = peer.prune(model, x, num_classes=1000, ratio=0.5, copy_model=False)
@@ -68,7 +67,7 @@ def _child(name: str, tool: str) -> dict:
 
 def run_one(name: str, tool: str, timeout: float) -> dict:
     """One model through one tool in a subprocess; never raises."""
-    command = [sys.executable, __file__, "--child", name, tool]
+    command = [sys.executable, "-m", __spec__.name, "--child", name, tool]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
