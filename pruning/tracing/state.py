@@ -36,7 +36,7 @@ class SavedAttributes:
         """Put back every value reassigned since, drop new ones that hold a Proxy or a fake tensor, and put
         back the saved containers' contents (what a forward added to a cache goes, whatever it holds)."""
         _put_back(self._saved, drop=_symbolic)
-        _refill(self._contents)
+        refill(self._contents)
 
     @contextmanager
     def as_before(self) -> Iterator[None]:
@@ -49,7 +49,7 @@ class SavedAttributes:
             yield
         finally:
             _put_back(current, drop=lambda value: True)
-            _refill(contents)
+            refill(contents)
 
 
 def _tables(root: nn.Module) -> list:
@@ -73,7 +73,7 @@ def _contents(root: nn.Module) -> list[tuple[Any, Any]]:
     return list(found.values())
 
 
-def _refill(contents: list[tuple[Any, Any]]) -> None:
+def refill(contents: list[tuple[Any, Any]]) -> None:
     """Give every container the saved contents again, where they differ (compared by identity: ``==`` on a
     tensor or a Proxy is no truth value)."""
     for container, before in contents:
