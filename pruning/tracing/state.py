@@ -89,7 +89,6 @@ def refill(contents: list[tuple[Any, Any]]) -> None:
                 container.update(before)
 
 
-
 def _put_back(saved: list, drop: Callable[[Any], bool]) -> None:
     """Put back the saved tables' values, deleting keys they lack whose value ``drop`` accepts."""
     for module, attributes, parameters, buffers, modules in saved:
