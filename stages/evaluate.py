@@ -57,7 +57,7 @@ def run(
     seed, device = setup(params)
     uri = tracking_uri()  # before the measurements: a store that would be lost fails the stage at once
     experiment, registered_model = mlflow_names(params)
-    name = run_name(params)
+    tried = run_name(params)
     spec = model_spec(params, read_meta(data_dir))
     baseline = build_from_spec(spec)
     baseline.load_state_dict(load_state_dict(baseline_path))
@@ -105,7 +105,7 @@ def run(
     run_id, version = log_pipeline_run(
         uri=uri,
         experiment=experiment,
-        run_name=name,
+        run_name=tried,
         description=run_description(params, metrics),
         params=flatten(params.data),
         metrics=flat_metrics,
@@ -118,5 +118,5 @@ def run(
         example=example,
         registered_model=registered_model,
     )
-    print(f"evaluate: MLflow run {run_id} '{name}' in '{experiment}' at {uri}, "
+    print(f"evaluate: MLflow run {run_id} '{tried}' in '{experiment}' at {uri}, "
           f"registered '{registered_model}' version {version}")

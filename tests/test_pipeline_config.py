@@ -97,7 +97,9 @@ def test_stage_deps_are_its_import_closure(name):
     uncovered = sorted(str(path.relative_to(ROOT)) for path in closure
                        if not any(path == dep or dep in path.parents for dep in deps))
     assert not uncovered, f"dvc.yaml stage {name!r}: deps miss files its command imports: {uncovered}"
-    code_deps = [dep for dep in deps if dep.suffix == ".py" or (dep.is_dir() and any(dep.rglob("*.py")))]
+    # The pipeline's own code only: a model of the user's own (`model.name: pkg.mod:factory`) is imported
+    # dynamically, so its file is a dep the imports do not show.
+    code_deps = [dep for dep in deps if dep.relative_to(ROOT).parts[0] in ("stages", "pruning")]
     unused = sorted(str(dep.relative_to(ROOT)) for dep in code_deps
                     if not any(path == dep or dep in path.parents for path in closure))
     assert not unused, f"dvc.yaml stage {name!r}: deps list code its command never imports: {unused}"

@@ -131,7 +131,9 @@ def run_queue(repo: Path, env: dict, *experiments: list[str], timeout: float = 6
     """`dvc exp run --queue -S ...` per experiment, then `dvc queue start` and wait until all succeeded."""
     for overrides in experiments:
         _run(repo, env, "dvc", "exp", "run", "--queue", *[arg for value in overrides for arg in ("-S", value)])
-    _run(repo, env, "dvc", "queue", "start")
+    # The worker DVC starts keeps the command's stdout and stderr open: with pipes, run() would wait for it.
+    with (repo / ".dvc" / "tmp" / "queue-start.log").open("w") as log:
+        subprocess.run(["dvc", "queue", "start"], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     deadline = time.monotonic() + timeout
     while True:
         status = _run(repo, env, "dvc", "queue", "status")
