@@ -7,7 +7,7 @@
 2. Starts `mlflow ui` on 127.0.0.1 against that store and asserts, from the REST API, that each run's name
    carries its method and target, and from the page (Chromium's DOM after the app has rendered) that the runs
    list shows those names.
-3. Chooses the columns a comparison needs (method, target, accuracy, MACs and latency ratios) the way the
+3. Chooses the columns a comparison needs (accuracy, MACs, latency and parameter ratios, method, target) the way the
    UI's Share button stores a view (an experiment tag `mlflow.sharedViewState.<key>`, opened with
    `?viewStateShareKey=<key>`) and screenshots the runs list with them.
 
@@ -41,13 +41,13 @@ EXPERIMENTS = [
     ["select.method=global", "select.target=0.35"],
 ]
 COLUMNS = [
-    "params.`select.method`", "params.`select.target`", "metrics.`accuracy.baseline`",
-    "metrics.`accuracy.finetuned`", "metrics.`ratio.macs`", "metrics.`ratio.params`", "metrics.`ratio.latency`",
+    "metrics.`accuracy.finetuned`", "metrics.`ratio.macs`", "metrics.`ratio.latency`", "metrics.`ratio.params`",
+    "params.`select.method`", "params.`select.target`",
 ]
 SHARE_KEY = "pruning-comparison"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1500,700", "--virtual-time-budget=20000"]
+                  "--hide-scrollbars", "--window-size=1900,560", "--virtual-time-budget=20000"]
 
 
 def queued_store(work: Path) -> Path:
@@ -77,10 +77,9 @@ def _api(base: str, endpoint: str, body: dict | None = None) -> dict:
         return json.load(response)
 
 
-def _chromium(url: str, *args: str) -> str:
-    with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
-                              capture_output=True, text=True, timeout=180, check=True)
+def _chromium(url: str, profile: Path, *args: str) -> str:
+    proc = subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, url],
+                          capture_output=True, text=True, timeout=180, check=True)
     return proc.stdout
 
 
@@ -109,7 +108,7 @@ def check_ui(store: Path, out: Path) -> None:
             params = {p["key"]: p["value"] for p in run["data"]["params"]}
             name = run["info"]["run_name"]
             method, target = params["select.method"], f"macs={float(params['select.target']):.0%}"
-            assert method in name.split() and target in name.split(), f"run name {name!r} lacks {method} {target}"
+            assert name.split()[:2] == [method, target], f"run name {name!r} does not start with {method} {target}"
             description = {t["key"]: t["value"] for t in run["data"]["tags"]}["mlflow.note.content"]
             assert description.startswith(f"{method} selection to {target}"), description
             names.append(name)
@@ -120,13 +119,17 @@ def check_ui(store: Path, out: Path) -> None:
                                                       "key": f"mlflow.sharedViewState.{SHARE_KEY}",
                                                       "value": json.dumps(view)})
         url = f"{base}/#/experiments/{experiment['experiment_id']}/runs?viewStateShareKey={SHARE_KEY}"
-        dom = _chromium(url, "--dump-dom")
+        # One new profile for both visits: the first opens MLflow's assistant panel once (and notes that in
+        # the profile's localStorage), so the screenshot shows the runs list at full width.
+        profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
+        dom = _chromium(url, profile, "--dump-dom")
         missing = [name for name in names if name not in dom]
         assert not missing, f"the runs page does not show {missing}"
         shown = [key.split("`")[1] for key in COLUMNS if key.split("`")[1] in dom]
         print(f"runs page lists {names}; chosen columns shown: {shown}")
         out.parent.mkdir(parents=True, exist_ok=True)
-        _chromium(url, f"--screenshot={out.resolve()}")
+        _chromium(url, profile, f"--screenshot={out.resolve()}")
+        shutil.rmtree(profile)
         print(f"screenshot of {url}: {out}")
     finally:
         os.killpg(server.pid, 15)

@@ -108,16 +108,17 @@ def _target_text(params: Params) -> str:
 
 
 def run_name(params: Params) -> str:
-    """What the run tried, e.g. 'digits_resnet knapsack macs=50%', plus steps and criterion where not the defaults."""
+    """What the run tried, most telling first (the UI's runs list cuts long names):
+    'knapsack macs=50% on digits_resnet', with the steps and criterion where they are not the defaults."""
     model, _ = _model_and_data(params)
-    parts = [model, params.get_str("select.method"), _target_text(params)]
+    parts = [params.get_str("select.method"), _target_text(params)]
     steps = params.get_int("select.steps", min=1)
     if steps > 1:
         parts.append(f"steps={steps}")
     criterion = params.get_str("calibrate.criterion")
     if criterion != "loss_aware":
         parts.append(criterion)
-    return " ".join(parts)
+    return " ".join([*parts, "on", model])
 
 
 def run_description(params: Params, metrics: dict[str, Any]) -> str:

@@ -79,13 +79,13 @@ def test_names_follow_the_model_and_data_unless_params_name_them():
 
 
 def test_run_name_says_what_was_tried():
-    assert run_name(_params()) == "digits_resnet knapsack macs=50%"
-    assert run_name(_params(**{"select.method": "uniform", "select.ratio": 0.3})) == "digits_resnet uniform ratio=0.3"
+    assert run_name(_params()) == "knapsack macs=50% on digits_resnet"
+    assert run_name(_params(**{"select.method": "uniform", "select.ratio": 0.3})) == "uniform ratio=0.3 on digits_resnet"
     assert (run_name(_params(**{"select.method": "global", "select.target": 0.4, "select.latency": "params",
                                 "select.steps": 3, "calibrate.criterion": "magnitude"}))
-            == "digits_resnet global params=40% steps=3 magnitude")
+            == "global params=40% steps=3 magnitude on digits_resnet")
     assert (run_name(_params(**{"select.target_mode": "absolute", "select.target": 2.5, "select.latency": "latency"}))
-            == "digits_resnet knapsack latency=2.5")
+            == "knapsack latency=2.5 on digits_resnet")
     metrics = {"accuracy": {"baseline": 0.99, "pruned": 0.9, "finetuned": 0.98},
                "ratio": {"macs": 0.49, "params": 0.45, "latency": 0.7}}
     description = run_description(_params(), metrics)
@@ -171,7 +171,7 @@ def test_queued_experiments_log_into_the_projects_store(tmp_path):
     assert experiment is not None, "the queued runs did not reach the project's store"
     assert Path(experiment.artifact_location.removeprefix("file://")).is_relative_to(repo / "mlruns")
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(run.info.run_name for run in runs) == ["digits_resnet knapsack macs=40%", "digits_resnet knapsack macs=60%"]
+    assert sorted(run.info.run_name for run in runs) == ["knapsack macs=40% on digits_resnet", "knapsack macs=60% on digits_resnet"]
     assert sorted(run.data.tags["mlflow.note.content"] for run in runs) == ["queued", "queued"]
     versions = client.search_model_versions("name='digits_resnet-digits-pruned'")
     assert sorted(int(version.version) for version in versions) == [1, 2]
@@ -197,7 +197,7 @@ def test_queued_pipeline_runs_reach_the_projects_store(tmp_path):
     experiment = client.get_experiment_by_name(TINY["mlflow.experiment"])
     assert experiment is not None, "the queued runs did not reach the project's store"
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(run.info.run_name for run in runs) == ["digits_resnet knapsack macs=60%", "digits_resnet uniform macs=60%"]
+    assert sorted(run.info.run_name for run in runs) == ["knapsack macs=60% on digits_resnet", "uniform macs=60% on digits_resnet"]
     for run in runs:
         assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(repo / "mlruns")
         assert "summary.md" in {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
