@@ -115,11 +115,12 @@ def test_import_closure_follows_relative_imports_and_packages():
 
 
 def _metric_and_plot_data(data: dict) -> list[tuple[str, str, dict | None]]:
-    """(stage, path, options) of every metrics file and JSON plot-data output of dvc.yaml."""
-    (paths,) = [entry["paths"] for entry in data["vars"] if "paths" in entry]
+    """(stage, path, options) of every metrics file and JSON plot-data output (under plots/) of dvc.yaml."""
+    paths = next((entry["paths"] for entry in data.get("vars", []) if "paths" in entry), {})
     found = []
     for name, stage in data["stages"].items():
-        for entry in stage.get("metrics", []) + [o for o in stage.get("outs", []) if _resolve(o, paths).endswith(".json")]:
+        plot_data = [out for out in stage.get("outs", []) if re.fullmatch(r"plots/.*\.json", _resolve(out, paths))]
+        for entry in stage.get("metrics", []) + plot_data:
             found.append((name, _resolve(entry, paths), None if isinstance(entry, str) else next(iter(entry.values()))))
     return found
 
