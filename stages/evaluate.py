@@ -1,5 +1,5 @@
 """Stage `evaluate`: accuracy, MACs, parameters and measured latency of the baseline, pruned and fine-tuned
-models into metrics.json and DVC plot rows, then one MLflow run for the whole pipeline run.
+models into metrics.json, DVC plot rows (JSON) and PNG plots, then one MLflow run for the whole pipeline run.
 
 Measured latency is wall-clock time on this machine. dvc.yaml marks metrics.json `persist: true`, which
 keeps this stage out of DVC's run-cache: it is never "restored" with figures measured elsewhere or earlier,
@@ -9,7 +9,6 @@ and every evaluate that DVC reports as run has really measured and logged its ML
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from stages.models import build_from_spec, model_spec
 from stages.params import Params, flatten
 from stages.plots import channels_figure, tradeoff_figure
 from stages.report import layer_channels
-from stages.tracking import dvc_stage_tags, environment_tags, git_tags, log_pipeline_run
+from stages.tracking import (dvc_stage_tags, environment_tags, git_tags, log_pipeline_run, mlflow_names, run_description,
+                             run_name, tracking_uri)
 from stages.training import accuracy, setup
 
 _LATENCY_ROUNDS = 3
@@ -49,12 +49,15 @@ def run(
     metrics_path: Path,
     channels_path: Path,
     tradeoff_path: Path,
+    channels_plot: Path,
+    tradeoff_plot: Path,
     lock_path: Path = Path("dvc.lock"),
 ) -> None:
-    """Measure the three models, write metrics and plot rows, log and register with MLflow."""
+    """Measure the three models, write metrics, plot rows and PNG plots, log and register with MLflow."""
     seed, device = setup(params)
-    experiment = params.get_str("mlflow.experiment")
-    registered_model = params.get_str("mlflow.registered_model")
+    uri = tracking_uri()  # before the measurements: a store that would be lost fails the stage at once
+    experiment, registered_model = mlflow_names(params)
+    tried = run_name(params)
     spec = model_spec(params, read_meta(data_dir))
     baseline = build_from_spec(spec)
     baseline.load_state_dict(load_state_dict(baseline_path))
@@ -86,6 +89,8 @@ def run(
     write_json(rows, channels_path)
     write_json(points, tradeoff_path)
     write_json(metrics, metrics_path)
+    channels_figure(rows, channels_plot)
+    tradeoff_figure(points, tradeoff_plot)
     print(
         f"evaluate: test accuracy {acc['baseline']:.4f} baseline, {acc['pruned']:.4f} pruned, "
         f"{acc['finetuned']:.4f} fine-tuned; MACs x{metrics['ratio']['macs']:.3f}, "
@@ -97,22 +102,21 @@ def run(
     tags = {**git_tags(), **dvc_stage_tags(lock_path), **environment_tags(device)}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.experiment"] = os.environ["DVC_EXP_NAME"]
-    with tempfile.TemporaryDirectory() as tmp:
-        channels_png, tradeoff_png = Path(tmp) / "channels.png", Path(tmp) / "accuracy_vs_latency.png"
-        channels_figure(rows, channels_png)
-        tradeoff_figure(points, tradeoff_png)
-        run_id, version = log_pipeline_run(
-            experiment=experiment,
-            run_name=os.environ.get("DVC_EXP_NAME") or f"{params.get_str('select.method')}-{params.get('select.target')}",
-            params=flatten(params.data),
-            metrics=flat_metrics,
-            tags=tags,
-            artifacts=[
-                (summary_path, None), (metrics_path, None), (channels_png, "plots"), (tradeoff_png, "plots"),
-                (finetuned_dir / WEIGHTS_FILE, "safe_model"), (finetuned_dir / ARCHITECTURE_FILE, "safe_model"),
-            ],
-            model=models["finetuned"],
-            example=example,
-            registered_model=registered_model,
-        )
-    print(f"evaluate: MLflow run {run_id}, registered '{registered_model}' version {version}")
+    run_id, version = log_pipeline_run(
+        uri=uri,
+        experiment=experiment,
+        run_name=tried,
+        description=run_description(params, metrics),
+        params=flatten(params.data),
+        metrics=flat_metrics,
+        tags=tags,
+        artifacts=[
+            (summary_path, None), (metrics_path, None), (channels_plot, "plots"), (tradeoff_plot, "plots"),
+            (finetuned_dir / WEIGHTS_FILE, "safe_model"), (finetuned_dir / ARCHITECTURE_FILE, "safe_model"),
+        ],
+        model=models["finetuned"],
+        example=example,
+        registered_model=registered_model,
+    )
+    print(f"evaluate: MLflow run {run_id} '{tried}' in '{experiment}' at {uri}, "
+          f"registered '{registered_model}' version {version}")

@@ -1,4 +1,5 @@
-"""PNG figures for MLflow (DVC renders its own plots from the JSON rows evaluate writes)."""
+"""PNG figures of `evaluate`: DVC's plots (`dvc plots show` embeds images, so they render without a network)
+and the MLflow run's."""
 
 from __future__ import annotations
 

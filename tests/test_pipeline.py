@@ -102,6 +102,8 @@ def test_repro_tracks_registers_and_is_deterministic(tmp_path):
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("e2e")
     (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "knapsack macs=50% on digits_resnet"
+    assert run.data.tags["mlflow.note.content"].startswith("knapsack selection to macs=50% of digits_resnet on digits")
     assert run.data.metrics["accuracy.finetuned"] == metrics["accuracy"]["finetuned"]
     assert run.data.metrics["ratio.macs"] == metrics["ratio"]["macs"]
     assert any(key.startswith("kept_ratio.") for key in run.data.metrics)
