@@ -12,7 +12,7 @@
    `?viewStateShareKey=<key>`) and screenshots the runs list with them.
 
 Needs Debian's chromium (`apt-get install chromium`). Takes a few minutes (three pipeline runs).
-Run: .venv/bin/python benchmarks/mlflow_ui.py [--out docs/img/mlflow-runs.png] [--keep DIR]
+Run: .venv/bin/python -m benchmarks.mlflow_ui [--out docs/img/mlflow-runs.png] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -29,11 +29,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from tests.test_pipeline import TINY, _make_repo  # the end-to-end test's repository copy
+from tests.test_tracking import run_queue
 
-from test_pipeline import TINY, _make_repo  # noqa: E402  (the end-to-end test's repository copy)
-from test_tracking import run_queue  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EXPERIMENTS = [
     ["select.method=knapsack", "select.target=0.5"],
