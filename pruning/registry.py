@@ -2,8 +2,8 @@
 
 A rule says how the channels of an op's inputs reach its output, and how the op is kept valid once
 channels are removed; [`Rule`][pruning.registry.Rule] lists its hooks. Every layer looks rules up here
-(the tracer to decide which calls are leaves, the shape pass, channel propagation), so this module imports nothing
-from the package but `pruning.nodes`; the built-in rules register themselves when
+(the tracer to decide which calls are leaves, the shape pass, channel propagation), so this module
+imports nothing from the package but `pruning.nodes`; the built-in rules register themselves when
 `pruning.rules` is imported.
 
 Contract of ``propagate``: every channel id that reaches the op must be accounted for: passed on to
@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
 class Rule:
     """Base class: how channels pass through one kind of op, and how the op is sliced.
 
-    Override only the hooks your op needs; the analysis calls a hook only where a rule overrides it
+    Override only the hooks your op needs: the defaults do nothing or answer "not known", and the
+    analysis records a node for `rewrite` or `update_module` only where its rule overrides them
     ([`overrides`][pruning.registry.overrides]):
 
     | hook | override it when |
