@@ -16,12 +16,12 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-__all__ = ["macs", "parameters", "measured_latency"]
+__all__ = ["MACs", "Parameters", "macs", "parameters", "measured_latency"]
 
 Inputs = Union[Sequence[int], torch.Tensor, tuple]
 
 
-def macs(inputs: Inputs, device: str | torch.device | None = None) -> Callable[[nn.Module], float]:
+def macs(inputs: Inputs, device: str | torch.device | None = None) -> "MACs":
     """Multiply-accumulates of one forward pass, counted by ``torch.utils.flop_counter`` (MACs = FLOPs / 2).
 
     ``inputs`` is an input shape such as ``(1, 3, 224, 224)`` (a random tensor is made), a tensor, or a
@@ -37,20 +37,61 @@ def macs(inputs: Inputs, device: str | torch.device | None = None) -> Callable[[
     (``nn.RNN``/``LSTM``/``GRU``), whose fused kernels the counter does not see, count their weight
     matrices once per time step and sequence ([`recurrent_macs`][]) instead.
     """
+    return MACs(inputs, device)
 
-    def count(model: nn.Module) -> float:
-        args = _as_args(inputs, _device(model, device))
+
+class MACs:
+    """The cost function [`macs`][pruning.latency.macs] returns: ``MACs(inputs)(model)`` counts one forward.
+
+    [`per_layer`][pruning.latency.MACs.per_layer] also says how much of the count each weighted layer
+    did, which lets a selector compute the MACs of a width assignment without pruning (a convolution's or
+    linear layer's MACs are its weight's size times the positions it is applied at, and channel pruning
+    does not change the positions).
+    """
+
+    def __init__(self, inputs: Inputs, device: str | torch.device | None = None) -> None:
+        self.inputs, self.device = inputs, device
+
+    def __call__(self, model: nn.Module) -> float:
+        return self._count(model, None)
+
+    def per_layer(self, model: nn.Module) -> tuple[float, dict[str, float]]:
+        """The total, and the MACs counted inside each leaf module that holds a ``weight`` parameter, by
+        module name (summed over its calls)."""
+        layers: dict[str, float] = {}
+        return self._count(model, layers), layers
+
+    def _count(self, model: nn.Module, layers: dict[str, float] | None) -> float:
+        args = _as_args(self.inputs, _device(model, self.device))
         fastpath = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(False)
         try:
             with _inference(model), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter, \
-                    _recurrent_counted(model, counter) as recurrent:
+                    _recurrent_counted(model, counter) as recurrent, _per_layer(model, counter, layers):
                 model(*args)
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
         return counter.get_total_flops() / 2 + sum(recurrent)
 
-    return count
+
+@contextmanager
+def _per_layer(model: nn.Module, counter: FlopCounterMode, layers: dict[str, float] | None) -> Iterator[None]:
+    """While the model runs, add to ``layers[name]`` the MACs counted inside each call of a leaf module that
+    holds a ``weight`` parameter (no hooks for ``layers=None``)."""
+    started: list[int] = []
+    handles = []
+    weighted = [] if layers is None else [
+        (name, module) for name, module in model.named_modules()
+        if isinstance(module._parameters.get("weight"), nn.Parameter) and not module._modules]
+    for name, module in weighted:
+        handles.append(module.register_forward_pre_hook(lambda m, args: started.append(counter.get_total_flops())))
+        handles.append(module.register_forward_hook(lambda m, args, out, name=name: layers.__setitem__(
+            name, layers.get(name, 0.0) + (counter.get_total_flops() - started.pop()) / 2)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def recurrent_macs(module: nn.RNNBase, input: torch.Tensor | nn.utils.rnn.PackedSequence) -> float:
@@ -90,13 +131,16 @@ def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_s
 _EXTRA_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_attention_flops}
 
 
-def parameters() -> Callable[[nn.Module], float]:
+def parameters() -> "Parameters":
     """Number of parameter elements of the model (shared parameters counted once)."""
+    return Parameters()
 
-    def count(model: nn.Module) -> float:
+
+class Parameters:
+    """The cost function [`parameters`][pruning.latency.parameters] returns."""
+
+    def __call__(self, model: nn.Module) -> float:
         return float(sum(p.numel() for p in model.parameters()))
-
-    return count
 
 
 def measured_latency(

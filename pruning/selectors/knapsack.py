@@ -43,6 +43,7 @@ import torch.nn as nn
 
 from ..latency import macs
 from .base import LabelSelector, removal_order, snapshot_scores
+from .width_cost import width_cost
 
 __all__ = ["ChannelsConstraint", "KnapsackLabelSelector"]
 
@@ -83,7 +84,8 @@ class _Group:
     def __init__(self, order: list, scores: np.ndarray, weights: np.ndarray, counts: list[int]) -> None:
         self.order = order
         self.counts = counts
-        kept_first = [label.index for label in reversed(order)]  # the last to leave are kept first
+        self.indices = np.array([label.index for label in order], dtype=np.int64)
+        kept_first = self.indices[::-1]  # the last to leave are kept first
         self.kept_score = np.concatenate([[0.0], np.cumsum(scores[kept_first])])
         self.kept_weight = np.concatenate([[0.0], np.cumsum(weights[kept_first])])
 
@@ -103,6 +105,14 @@ class KnapsackLabelSelector(LabelSelector):
     measurement); ``solver_execution_time_limit`` is CBC's time limit per solve in seconds; ``verbose``
     prints one line per iteration; ``history`` keeps those records (latency, kept score, solver status,
     seconds) of the last ``select``. See the module docstring for the algorithm.
+
+    What the cost function costs: [`latency.macs`][pruning.latency.macs] (for models whose MACs are all in
+    convolutions and linear layers) and [`latency.parameters`][pruning.latency.parameters] are computed from
+    the widths a selection leaves ([`width_cost`][pruning.selectors.width_cost.width_cost]), with one real
+    prune and count to check it; then the MILP solves take most of the time. Any other function is called
+    on a pruned copy of the model for every estimate: one prune and call per group at each anchor (one to
+    three anchors) and one per solve, so a function of your own that takes a second on a 50-group model
+    adds about a minute.
     """
 
     def __init__(
@@ -142,22 +152,44 @@ class KnapsackLabelSelector(LabelSelector):
         cache: dict[tuple[int, ...], float] = {}
         self.history = []
 
+        def removed(kept: tuple[int, ...]) -> np.ndarray:
+            mask = np.zeros(snapshot.num_labels, dtype=bool)
+            for group, k in zip(groups, kept):
+                mask[group.indices[: len(group.order) - k]] = True
+            return mask
+
+        def pruned_model(kept: tuple[int, ...]) -> nn.Module:
+            labels = [label for group, k in zip(groups, kept) for label in group.pruned(k)]
+            # the cost of the structure: mean compensation (up to half the time of a prune) is left out
+            return ir.prune(snapshot_name, labels=labels, compensate=False).model if labels else snapshot.model
+
+        def by_pruning(function: Callable[[nn.Module], float]) -> Callable[[tuple[int, ...]], float]:
+            return lambda kept: _call_latency(function, pruned_model(kept))
+
+        def from_widths(function: Callable[[nn.Module], float]) -> Callable[[tuple[int, ...]], float] | None:
+            """The cost computed from the widths a selection leaves, for the ready-made cost functions."""
+            fast = width_cost(snapshot, function)
+            return None if fast is None else (lambda kept: fast(removed(kept)))
+
+        cost = from_widths(self.latency_calculation_function)
+        widths = cost is not None
+        cost = cost or by_pruning(self.latency_calculation_function)
+
         def measure(kept: tuple[int, ...]) -> float:
             if kept not in cache:
-                labels = [label for group, k in zip(groups, kept) for label in group.pruned(k)]
-                # the cost of the structure: mean compensation (up to half the time of a prune) is left out
-                model = ir.prune(snapshot_name, labels=labels, compensate=False).model if labels else snapshot.model
-                cache[kept] = _call_latency(self.latency_calculation_function, model)
+                cache[kept] = cost(kept)
             return cache[kept]
 
         proxy_cache: dict[tuple[int, ...], float] = {}
+        proxy_cost: list[Callable[[tuple[int, ...]], float]] = []
 
         def proxy(kept: tuple[int, ...]) -> float:
             """MACs of a selection: a deterministic stand-in for a noisy latency function's shape."""
             if kept not in proxy_cache:
-                labels = [label for group, k in zip(groups, kept) for label in group.pruned(k)]
-                model = ir.prune(snapshot_name, labels=labels, compensate=False).model if labels else snapshot.model
-                proxy_cache[kept] = macs(snapshot.example_args())(model)
+                if not proxy_cost:
+                    count = macs(snapshot.example_args())
+                    proxy_cost.append(from_widths(count) or by_pruning(count))
+                proxy_cache[kept] = proxy_cost[0](kept)
             return proxy_cache[kept]
 
         def kept_score(kept: tuple[int, ...]) -> float:
@@ -172,6 +204,13 @@ class KnapsackLabelSelector(LabelSelector):
             self._log(f"unpruned latency {anchor_latency:.6g} is within target {target:.6g}: nothing to prune")
             return []
         minimal = tuple(group.counts[0] for group in groups)
+        if widths and not math.isclose(measure(minimal), real := _call_latency(
+                self.latency_calculation_function, pruned_model(minimal)), rel_tol=1e-9):
+            warnings.warn(f"the cost computed from the widths ({measure(minimal):.6g}) differs from the pruned "
+                          f"model's ({real:.6g}) on {type(snapshot.root).__name__}: measuring by pruning instead "
+                          "(slower; please report the model)", RuntimeWarning, stacklevel=2)
+            cost, widths = by_pruning(self.latency_calculation_function), False
+            cache.clear()
         if measure(minimal) > target:
             raise ValueError(
                 f"target_latency={target:.6g} is unreachable: the smallest allowed model (one label per group, "
@@ -180,7 +219,7 @@ class KnapsackLabelSelector(LabelSelector):
         # A latency function that gives two values for the same model is noisy (measured time): its
         # per-group differences drown in the noise, so the costs take their shape from MACs, scaled to
         # the measured latency at the anchor; real measurements still steer the budget.
-        noisy = _call_latency(self.latency_calculation_function, snapshot.model) != anchor_latency
+        noisy = not widths and _call_latency(self.latency_calculation_function, snapshot.model) != anchor_latency
         if noisy:
             self._log("latency function is noisy: marginal costs from MACs scaled to measured latency")
         best = minimal
@@ -280,12 +319,13 @@ class KnapsackLabelSelector(LabelSelector):
             prob += pulp.lpSum(options.values()) == 1
             delta = {k: cost * (group.kept_weight[k] - group.kept_weight[kept]) / anchor_latency for k in options}
             minimum += min(delta.values())
-            value += [group.kept_score[k] / total_score * len(groups) * options[k] for k in options]
-            weight += [delta[k] * options[k] for k in options]
+            # (variable, coefficient) terms: building expressions term by term costs more than the solve
+            value += [(var, group.kept_score[k] / total_score * len(groups)) for k, var in options.items()]
+            weight += [(var, delta[k]) for k, var in options.items()]
             choices.append(options)
-        prob += pulp.lpSum(value)
+        prob += pulp.LpAffineExpression(value)
         # A budget below the estimated smallest model is infeasible: ask for the smallest model instead.
-        prob += pulp.lpSum(weight) <= max(budget / anchor_latency - 1, minimum)
+        prob += pulp.LpAffineExpression(weight) <= max(budget / anchor_latency - 1, minimum)
         prob.solve(_make_solver(self.solver_execution_time_limit))
         status = pulp.LpStatus[prob.status]
         kept = []
