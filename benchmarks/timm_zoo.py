@@ -1,6 +1,6 @@
 """One model of every timm family through PruningIR: build, prune half of every group, run, check.
 
-    pip install timm        # not a dependency of the library or of the bench extra
+    pip install timm        # in the dev extra (tests use it), not a dependency of the library
     python -m benchmarks.timm_zoo [--models convnext_atto vit_small_patch16_224 ...] --json out.json --markdown out.md
 
 A family is a model name up to its first digit or underscore (``resnet``, ``convnext``...); the first

@@ -26,8 +26,10 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from .compensation import InputStatistics
+from .tracing.state import refill
 
 __all__ = ["LossAwareCriterion"]
 
@@ -47,11 +49,40 @@ class _Site:
         self.slicings: list[tuple[list[int], torch.Tensor]] = []
 
 
+class _KeptState:
+    """The buffers and training flags of a model's modules, to put back: which tensor each buffer name holds
+    and a copy of its values (a forward may update a buffer in place, as BatchNorm's running statistics, or
+    assign a new tensor to it), and each module's ``training``. Costs a copy of every buffer, not of the
+    parameters (a calibration pass does not change them)."""
+
+    def __init__(self, root: nn.Module) -> None:
+        self._modes = [(module, module.training) for module in root.modules()]
+        self._buffers = [(module, dict(module._buffers)) for module in root.modules()]
+        self._values = {id(buffer): (buffer, buffer.detach().clone())
+                        for _, buffers in self._buffers for buffer in buffers.values() if buffer is not None}
+
+    def restore(self) -> None:
+        refill([(module._buffers, buffers) for module, buffers in self._buffers])
+        with torch.no_grad():  # every one: kernels that update in place (batch_norm's) do not count a version
+            for buffer, values in self._values.values():
+                buffer.copy_(values)
+        for module, training in self._modes:
+            module.training = training
+
+
 class Collector:
     """What every criterion shares: a context manager that runs the snapshot's model, records the input
     means (and with ``input_covariance`` the input covariances) of its compensable layers
     ([`pruning.compensation`][]) and, under ``torch.distributed``, sums what it recorded over the ranks on
     exit. Subclasses add their hooks and set ``snapshot.scores``.
+
+    The model is left as it was: on exit, normal or by an exception, every buffer of its modules holds again
+    the tensor and the values it held on entry (BatchNorm's running statistics and ``num_batches_tracked``
+    after train-mode calls, and any state a forward keeps in a buffer, updated in place or assigned), buffers
+    registered inside the block are dropped, and every module's train/eval mode is as it was. This keeps a copy
+    of the buffers for the duration (not of the parameters, which calibration does not change). What is not
+    put back: the gradients that ``backward`` accumulates in the parameters' ``.grad``, as any backward does,
+    and attributes that are not buffers.
 
     ``input_covariance=True`` (an addition to ENOT's ``pruning_v2`` interface) also records, per convolution
     and linear layer that can mix its inputs, the covariance of its input channels, which ``ir.prune`` then
@@ -70,11 +101,13 @@ class Collector:
         self._active = False
         self._hooked = False
         self._means: InputStatistics | None = None
+        self._kept: _KeptState | None = None
 
     def __enter__(self) -> "Collector":
         if self._active:
             raise RuntimeError(f"{type(self).__name__} is already active; do not nest the same instance")
         self.snapshot = self.ir.snapshot(self.snapshot_name)
+        self._kept = _KeptState(self.snapshot.root)
         self._reset()
         self._active = True
         if self.snapshot.analyzed:
@@ -108,6 +141,8 @@ class Collector:
             self._handles.clear()
             self._reset()
             self._active = self._hooked = False
+            self._kept.restore()
+            self._kept = None
 
     def _reset(self) -> None:
         """Forget what the subclass accumulated (on enter and after exit)."""
@@ -152,8 +187,9 @@ class LossAwareCriterion(Collector):
     ``snapshot.input_means`` the mean of every input channel of each convolution and linear layer over
     the calibration forwards (what ``ir.prune`` folds into biases for the channels it removes, see
     [`pruning.compensation`][]), and with ``input_covariance=True`` ``snapshot.input_covariances`` their
-    covariances (regression compensation); hooks are always removed. Any mode (train/eval) and device work; the
-    model is not moved.
+    covariances (regression compensation); hooks are always removed, and the model's buffers and modes are put
+    back (see [`Collector`][pruning.criterion.Collector]). Any mode (train/eval) and device work; the model is
+    not moved.
 
     Distributed (``torch.distributed`` initialized): every rank runs its own collector over its shard of
     the calibration batches, calling ``collector(x)`` as above. The collector runs the snapshot model

@@ -79,6 +79,13 @@ class Snapshot:
         return self._graph
 
     @property
+    def root(self) -> nn.Module:
+        """The module whose submodules and tensors the graph's targets name: the model the IR was built from
+        until [`model`][pruning.ir.Snapshot.model] is first built, then that GraphModule (which holds the same submodules and
+        tensors)."""
+        return self._root
+
+    @property
     def ir_uid(self) -> str:
         """The id of the IR ([`fingerprint`][] of this model), computed when first needed: when
         labels are made or checked, or the IR is saved. A model changed in place before then (its

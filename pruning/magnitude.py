@@ -59,7 +59,8 @@ class MagnitudeCriterion(Collector):
     returns its output; the calls only record input means. On a normal exit ``snapshot.scores`` becomes
     the relative weight norms (see the module docstring; they are read from the weights at exit) and
     ``snapshot.input_means`` the calibration means of the calls (``None`` when there were none, so
-    ``ir.prune`` then prunes without compensation); hooks are always removed. Any mode and device.
+    ``ir.prune`` then prunes without compensation); hooks are always removed, and the model's buffers and modes
+    are put back (see [`Collector`][pruning.criterion.Collector]). Any mode and device.
 
     The snapshot must have labels: build the IR with ``example_input`` or call the collector once;
     otherwise the exit raises. Distributed (``torch.distributed`` initialized): every rank calls the

@@ -51,12 +51,11 @@ def score(ir: PruningIR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], d
           total: int | None = None, criterion: str = "loss_aware", input_covariance: bool = False) -> None:
     """Fill ``ir``'s scores with `criterion` over `batches` (``loss_aware``: cross-entropy gradients;
     ``magnitude``: weight norms, the batches run forward for the input means; ``input_covariance``: also
-    record the input covariances regression compensation needs), the model in `mode` (train|eval);
-    BatchNorm statistics and every other buffer are restored, the model ends on CPU in eval mode."""
+    record the input covariances regression compensation needs), the model in `mode` (train|eval); the
+    criterion puts back BatchNorm statistics and every other buffer on exit, the model ends on CPU in eval mode."""
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     model = ir.snapshot("main").model.to(device)
-    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
     model.train(mode == "train")
     loss_fn = nn.CrossEntropyLoss()
     loss_aware = criterion == "loss_aware"
@@ -65,9 +64,6 @@ def score(ir: PruningIR, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], d
             out = collector(x.to(device))
             if loss_aware:
                 loss_fn(out, y.to(device)).backward()
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            buffer.copy_(buffers[name])
     model.zero_grad(set_to_none=True)
     model.cpu().eval()
 

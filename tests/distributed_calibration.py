@@ -25,14 +25,16 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(NUM_BATCHES)]
 
 
-def run(rank: int, world_size: int, ddp: bool, criterion: str = "loss_aware", covariance: bool = False
-        ) -> dict[str, object]:
-    """Calibrate on batches rank, rank + world_size, ...; returns scores, both selections, pruned weights.
+def run(rank: int, world_size: int, ddp: bool, criterion: str = "loss_aware", covariance: bool = False,
+        train: bool = False) -> dict[str, object]:
+    """Calibrate on batches rank, rank + world_size, ...; returns scores, both selections, the pruned state_dict.
     ``criterion``: ``loss_aware`` (forward and backward) or ``magnitude`` (forward only: the means);
-    ``covariance``: record input covariances too (the pruning then uses regression compensation)."""
+    ``covariance``: record input covariances too (the pruning then uses regression compensation); ``train``:
+    calibrate in train mode (BatchNorm normalises by batch statistics and updates its running ones, which the
+    criterion puts back on exit, so each rank's shard leaves no trace in the pruned state_dict)."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    ir = PruningIR(Residual().eval(), example_input=torch.randn(2, 3, 8, 8))  # eval: no BatchNorm stats drift
+    ir = PruningIR(Residual().train(train), example_input=torch.randn(2, 3, 8, 8))
     if ddp:  # DDP is optional: the collector runs the snapshot model; the wrapper only shares its parameters
         DistributedDataParallel(ir.snapshot().model)
     loss_aware = criterion == "loss_aware"
@@ -60,11 +62,12 @@ def main() -> None:
     parser.add_argument("--ddp", action="store_true")
     parser.add_argument("--criterion", default="loss_aware", choices=("loss_aware", "magnitude"))
     parser.add_argument("--covariance", action="store_true")
+    parser.add_argument("--train", action="store_true")
     args = parser.parse_args()
     dist.init_process_group("gloo")
     try:
         rank = dist.get_rank()
-        torch.save(run(rank, dist.get_world_size(), args.ddp, args.criterion, args.covariance), args.out_dir / f"rank{rank}.pt")
+        torch.save(run(rank, dist.get_world_size(), args.ddp, args.criterion, args.covariance, args.train), args.out_dir / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 

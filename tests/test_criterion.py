@@ -137,3 +137,90 @@ def test_cuda_matches_cpu():
     gpu = calibrate(ir_gpu, [(x.cuda(), y.cuda()) for x, y in batches()])
     assert gpu.device.type == "cpu"
     torch.testing.assert_close(cpu, gpu, rtol=1e-3, atol=1e-10)
+
+
+class Counter(nn.Module):
+    """Counts its calls in a buffer it replaces (not updates in place) on each call: state a forward keeps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls = self.calls + 1
+        return x
+
+
+class StatefulNet(Net):
+    """Net whose BatchNorms update their statistics in train mode, with a Counter (a leaf) on its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = Counter()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.count(super().forward(x))
+
+
+def run_collector(ir: PruningIR, criterion: str, data, fail: bool = False) -> None:
+    from pruning import MagnitudeCriterion
+
+    with (LossAwareCriterion if criterion == "loss_aware" else MagnitudeCriterion)(ir) as collector:
+        for x, y in data:
+            out = collector(x)
+            if criterion == "loss_aware":
+                F.cross_entropy(out, y).backward()
+            if fail:
+                raise KeyError("user error")
+
+
+def stateful(mode: str, analyse: bool = True) -> tuple[nn.Module, PruningIR, dict[str, torch.Tensor]]:
+    """The user's model in ``mode``, its IR (sharing its modules) and a copy of its state_dict."""
+    torch.manual_seed(0)
+    model = StatefulNet().train(mode == "train")
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    ir = PruningIR(model, leaf_modules=[Counter], example_input=torch.randn(2, 3, 8, 8) if analyse else None)
+    return model, ir, before
+
+
+def assert_same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for name, tensor in after.items():
+        assert torch.equal(tensor, before[name]), name
+
+
+@pytest.mark.parametrize("analyse", [True, False], ids=["example", "lazy"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("criterion", ["loss_aware", "magnitude"])
+def test_calibration_leaves_the_users_state_dict_bit_identical(criterion, mode, analyse):
+    # BatchNorm's running statistics and num_batches_tracked (train mode) and the Counter's buffer (both modes,
+    # replaced by assignment) changed in the user's model, which shares its modules with the IR.
+    model, ir, before = stateful(mode, analyse)
+    calls = model.count.calls
+    run_collector(ir, criterion, batches())
+    assert_same_state(model, before)
+    assert model.count.calls is calls  # the tensor the user's model held, not a copy of it
+    assert all(m.training == (mode == "train") for m in model.modules())
+    assert ir.snapshot().scores is not None
+
+
+@pytest.mark.parametrize("criterion", ["loss_aware", "magnitude"])
+def test_calibration_leaves_the_model_as_it_was_on_an_exception(criterion):
+    model, ir, before = stateful("train")
+    with pytest.raises(KeyError):
+        run_collector(ir, criterion, batches(), fail=True)
+    assert_same_state(model, before)
+    assert all(m.training for m in model.modules())
+
+
+def test_calibration_restores_every_modules_mode():
+    model, ir, before = stateful("train")
+    model.bn2.eval()  # a mixed model: frozen statistics in one layer
+    modes = {name: m.training for name, m in model.named_modules()}
+    with LossAwareCriterion(ir) as collector:
+        ir.snapshot().model.eval()  # the user switches modes inside the block
+        x, y = batches(1)[0]
+        F.cross_entropy(collector(x), y).backward()
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert_same_state(model, before)

@@ -32,14 +32,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out_dir: Path, ddp: bool, criterion: str = "loss_aware", covariance: bool = False) -> list[dict]:
+def launch(out_dir: Path, ddp: bool, criterion: str = "loss_aware", covariance: bool = False,
+           train: bool = False) -> list[dict]:
     """Start WORLD_SIZE rank processes (env:// rendezvous on a free port); return each rank's results."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(WORLD_SIZE),
                PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1]),
                                            *filter(None, [os.environ.get("PYTHONPATH")])]))
     script = Path(__file__).with_name("distributed_calibration.py")
     args = [sys.executable, str(script), "--out-dir", str(out_dir), "--criterion", criterion] + (["--ddp"] if ddp else [])
-    args += ["--covariance"] if covariance else []
+    args += (["--covariance"] if covariance else []) + (["--train"] if train else [])
     procs = [subprocess.Popen(args, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stderr=subprocess.PIPE, text=True)
              for r in range(WORLD_SIZE)]
     try:
@@ -52,12 +53,17 @@ def launch(out_dir: Path, ddp: bool, criterion: str = "loss_aware", covariance: 
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
 
 
-@pytest.mark.parametrize("ddp, criterion, covariance",
-                         [(False, "loss_aware", False), (True, "loss_aware", False), (False, "magnitude", False),
-                          (False, "loss_aware", True)], ids=["plain", "ddp", "magnitude", "covariance"])
-def test_ranks_match_one_process_over_the_union(tmp_path: Path, ddp: bool, criterion: str, covariance: bool) -> None:
-    reference = run(rank=0, world_size=1, ddp=False, criterion=criterion, covariance=covariance)
-    ranks = launch(tmp_path, ddp, criterion, covariance)
+@pytest.mark.parametrize("ddp, criterion, covariance, train",
+                         [(False, "loss_aware", False, False), (True, "loss_aware", False, False),
+                          (False, "magnitude", False, False), (False, "loss_aware", True, False),
+                          (False, "loss_aware", False, True), (False, "magnitude", False, True)],
+                         ids=["plain", "ddp", "magnitude", "covariance", "train", "magnitude-train"])
+def test_ranks_match_one_process_over_the_union(tmp_path: Path, ddp: bool, criterion: str, covariance: bool,
+                                                train: bool) -> None:
+    # "pruned" is the whole state_dict, buffers included: in train mode each rank's shard moved the BatchNorm
+    # statistics of its model differently, until the criterion put them back on exit.
+    reference = run(rank=0, world_size=1, ddp=False, criterion=criterion, covariance=covariance, train=train)
+    ranks = launch(tmp_path, ddp, criterion, covariance, train)
     for result in ranks:
         assert torch.equal(result["scores"], ranks[0]["scores"])  # every rank holds the same scores
         torch.testing.assert_close(result["scores"], reference["scores"], rtol=1e-6, atol=0)

@@ -374,6 +374,50 @@ def test_building_an_ir_leaves_the_models_attributes_as_they_were():
     assert ir.prune(labels=ir.snapshot().groups[0][:2]).model(x).shape == (1, 2, 4, 4)
 
 
+class CachesInADict(nn.Module):
+    """Derives a bias from a parameter and caches it in a dict keyed by device in eval mode, as timm's LeViT and
+    EfficientFormer cache their attention biases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 16), nn.Linear(16, 4)
+        self.table = nn.Parameter(torch.randn(16))
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def bias(self, device: torch.device) -> torch.Tensor:
+        if self.training:
+            return self.table * 2
+        key = str(device)
+        if key not in self.cache:
+            self.cache[key] = self.table * 2
+        return self.cache[key]
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x) + self.bias(x.device)))
+
+
+def test_a_model_that_cached_in_a_dict_traces_again_and_keeps_its_cache():
+    # Tracing left a Proxy in the dict under str(proxy) ("Proxy(getattr_1)"); the next trace's device node has the
+    # same name, found it, and built a graph reading a node of the earlier graph ("KeyError: getitem...").
+    from pruning import MagnitudeCriterion
+    from pruning.verify import equivalence_error
+
+    torch.manual_seed(0)
+    model, x = perturb(CachesInADict()).eval(), torch.randn(2, 6)
+    with torch.no_grad():
+        expected = model(x)  # what a user does first: fills the cache
+    cached = model.cache["cpu"]
+    lazy = PruningIR(model)
+    with MagnitudeCriterion(lazy) as collector:
+        collector(x)
+    ir = PruningIR(model, example_input=x)
+    assert list(model.cache) == ["cpu"] and model.cache["cpu"] is cached
+    torch.testing.assert_close(lazy.model(x), expected)
+    s = ir.snapshot()
+    assert len(s.labels) == 16 and "table" in s.slices(s.labels[0])  # the graph derives the bias from the parameter
+    assert equivalence_error(ir, half(s), x) < 1e-6
+
+
 def test_uninitialized_lazy_modules_are_refused_with_the_fix():
     model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.LazyLinear(3))
     with pytest.raises(ValueError, match=r"uninitialized lazy parameters \(0.weight, 0.bias, 2.weight, ...\): run the model once"):

@@ -1,4 +1,4 @@
-"""The seed API's workflow, verbatim, on a small model."""
+"""The workflow of ENOT's `pruning_v2` documentation, verbatim, on a small model."""
 from __future__ import annotations
 
 import torch
