@@ -116,10 +116,10 @@ def why_little(snapshot, model: torch.nn.Module) -> str:
     for name, op in fixed.items():
         held[op] = held.get(op, 0) + named[name].numel()
     opaque = sorted({_short(op.split(" (", 1)[1].rstrip(")")) for op in snapshot.opaque_ops})
-    top = sorted(held.items(), key=lambda item: -item[1])[:3]
-    parts = ([f"opaque: {', '.join(opaque)}"] if opaque else []) + [
-        "fixed by " + ", ".join(f"{op} ({count / total:.0%})" for op, count in top)]
-    return "; ".join(parts)
+    top = [(op, count) for op, count in sorted(held.items(), key=lambda item: -item[1])[:3] if count >= 0.01 * total]
+    fixed_by = "fixed by " + ", ".join(f"{op} ({count / total:.0%})" for op, count in top) if top else \
+        "no parameter with a fixed dim"
+    return "; ".join(([f"opaque: {', '.join(opaque)}"] if opaque else []) + [fixed_by])
 
 
 def prune_half_and_check(model: torch.nn.Module, x: torch.Tensor, row: dict, runs: Callable[[Any], bool]) -> None:

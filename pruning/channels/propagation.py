@@ -264,12 +264,18 @@ class Context:
         return self._finish(rewrites, module_rules)
 
     def _cause_name(self, node: fx.Node | None) -> str:
-        """What a block's node is, as ``Snapshot.opaque_ops`` names ops (the model output for the output node)."""
+        """What a block's node is: its op as ``Snapshot.opaque_ops`` names ops, and for a function or method
+        the class of the module whose forward called it; 'model output' for the output node."""
         if node is None:
             return "unknown"
         if node.op == "output":
             return "model output"
-        return _op_name(node, self._modules[node.target] if node.op == "call_module" else None)
+        if node.op == "call_module":
+            return _op_name(node, self._modules[node.target])
+        stack = node.meta.get("nn_module_stack")
+        owner = next(reversed(stack.values()))[1] if stack else None
+        where = f" in {getattr(owner, '__qualname__', owner)}" if owner is not None else ""
+        return _op_name(node, None) + where
 
     def _get_attr(self, node: fx.Node, shape: Any) -> Any:
         if not is_size(shape):
