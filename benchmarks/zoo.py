@@ -3,9 +3,11 @@
     python -m benchmarks.zoo [--models resnet18 vit_b_32 ...] [--markdown zoo.md]
     python -m benchmarks.zoo --families detection segmentation video optical_flow [--markdown tasks.md]
 
-Per model (random weights, perturbed so that no layer is all zero): prunable labels, groups,
-unprunable labels, IR build and prune seconds (median of --repeats), parameter and MAC ratios after
-pruning the first half of every group, whether the pruned model runs with the right output shape,
+Per model (random weights, perturbed so that no layer is all zero, run once in eval mode on its input
+before the IR is built, as users do): prunable labels, groups, unprunable labels, IR build and prune
+seconds (median of --repeats), the share of parameters removed and the MACs left after pruning the first
+half of every group (``half_of_every_group``: what ``UniformLabelSelector(0.5)`` removes), where under a
+third of the parameters go why (``why_little``), whether the pruned model runs with the right output shape,
 and the equivalence error (labels made dead then pruned, compared in float64 so that float32 rounding
 in very deep models does not hide or fake a slicing error; see ``pruning.verify``; float32, marked,
 where the model itself makes float32 tensors).
@@ -16,7 +18,7 @@ noise, so that its output holds boxes: perturbed as much as the others, the ResN
 region, and an empty output would make the check vacuous, so a detector that returns no box fails its row;
 a video model 16 frames; RAFT two 128x128 images). For the other families "runs"
 means that the pruned model's output has the original's structure and shapes (a detector's number of
-boxes may differ), and the last column names the ops no rule understands (a detector's heads).
+boxes may differ), and a column names the ops no rule understands (a detector's heads).
 """
 from __future__ import annotations
 
@@ -75,15 +77,49 @@ def _layout(value: Any, first_dims: bool) -> Any:
 
 
 def half_of_every_group(snapshot, exact_only: bool = False) -> list:
-    """The first half (by index) of every prunable group; with ``exact_only`` skip LayerNorm'd labels."""
+    """The first half (by index, rounded up) of every prunable group, one label kept: what
+    ``UniformLabelSelector(0.5)`` removes when all scores tie (ties leave by index), without calibrating; with
+    ``exact_only`` skip LayerNorm'd labels."""
     analysis = snapshot.analysis
     chosen = []
     for group in analysis.groups:
         usable = group[~analysis.normalized[group]] if exact_only else group
         if len(usable) == len(group):
             usable = usable[: len(group) // 2]
-        chosen += [snapshot.label(i) for i in usable[: (len(group) + 1) // 2].tolist()]
+        chosen += [snapshot.label(i) for i in usable[: min((len(group) + 1) // 2, len(group) - 1)].tolist()]
     return chosen
+
+
+#: Below this share of parameters removed at 50% uniform, a table says why (``why_little``).
+LITTLE = 1 / 3
+
+
+def _short(op: str) -> str:
+    """An op's name without its module path (``Tensor.view`` and ``model output`` stay as they are)."""
+    return op if op.startswith("Tensor.") else op.rsplit(".", 1)[-1]
+
+
+def why_little(snapshot, model: torch.nn.Module) -> str:
+    """Why a model prunes little, from its analysis: the ops no rule understands, then the ops that fixed
+    the most parameters (each parameter with a dim that never prunes counted for the op that first fixed
+    that dim's channels) with the share of all parameters they hold."""
+    analysis, named = snapshot.analysis, dict(model.named_parameters())
+    total = sum(p.numel() for p in named.values())
+    fixed: dict[str, str] = {}  # parameter -> the op that fixed one of its dims
+    for site in analysis.sites:
+        if site.name in named and site.name not in fixed and not analysis.prunable[site.label_index].any():
+            causes = analysis.blocked_by[site.label_index]
+            causes = causes[causes >= 0]
+            fixed[site.name] = (_short(analysis.blockers[int(statistics.mode(causes.tolist()))]) if len(causes)
+                                else "no rule")
+    held: dict[str, int] = {}
+    for name, op in fixed.items():
+        held[op] = held.get(op, 0) + named[name].numel()
+    opaque = sorted({_short(op.split(" (", 1)[1].rstrip(")")) for op in snapshot.opaque_ops})
+    top = [(op, count) for op, count in sorted(held.items(), key=lambda item: -item[1])[:3] if count >= 0.01 * total]
+    fixed_by = "fixed by " + ", ".join(f"{op} ({count / total:.0%})" for op, count in top) if top else \
+        "no parameter with a fixed dim"
+    return "; ".join(([f"opaque: {', '.join(opaque)}"] if opaque else []) + [fixed_by])
 
 
 def prune_half_and_check(model: torch.nn.Module, x: torch.Tensor, row: dict, runs: Callable[[Any], bool]) -> None:
@@ -101,6 +137,8 @@ def prune_half_and_check(model: torch.nn.Module, x: torch.Tensor, row: dict, run
     with torch.no_grad():
         row["runs"] = runs(pruned(x))
     row["params"] = sum(p.numel() for p in pruned.parameters()) / sum(p.numel() for p in model.parameters())
+    if 1 - row["params"] < LITTLE:
+        row["why"] = why_little(snapshot, model)
     exact = half_of_every_group(snapshot, exact_only=True)
     row["equivalence_error"] = None
     if exact:
@@ -150,6 +188,8 @@ def run_model(name: str, repeats: int) -> dict:
     model = perturb(torchvision.models.get_model(name, weights=None, **options(name)).eval(),
                     scale=0.005 if family == "detection" else 0.05)
     x = example(name)
+    with torch.no_grad():
+        model(*x)  # as users do before pruning (a model that caches in eval mode fills its cache)
     build, prune = [], []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -173,6 +213,7 @@ def run_model(name: str, repeats: int) -> dict:
         "build_s": statistics.median(build),
         "prune_s": statistics.median(prune),
         "params": params(pruned.model) / params(model),
+        "why": why_little(snapshot, model) if 1 - params(pruned.model) / params(model) < LITTLE else "",
         "macs": count(pruned.model) / count(model),
         "runs": (tuple(out.shape) == (1, 1000) if family == "classification"
                  else _layout(out, family != "detection") == _layout(reference, family != "detection")),
@@ -202,19 +243,19 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_grad_enabled(False)
     tasks = args.families != ["classification"]
-    header = ("| model | labels | groups | unprunable | build s | prune s | params | MACs | runs | equiv. err |"
-              + (" family | ops no rule understands |" if tasks else ""))
-    lines = [header, "|" + "---|" * (12 if tasks else 10)]
+    header = ("| model | labels | groups | unprunable | build s | prune s | params removed | MACs left | runs | "
+              "equiv. err |" + (" family | ops no rule understands |" if tasks else "") + " why under 1/3 removed |")
+    lines = [header, "|" + "---|" * (13 if tasks else 11)]
     print(header, flush=True)
     failures = 0
     for name in args.models:
         try:
             r = run_model(name, args.repeats)
             line = (f"| {name} | {r['labels']} | {r['groups']} | {r['unprunable']} | {r['build_s']:.2f} | "
-                    f"{r['prune_s']:.2f} | {r['params']:.2f} | {r['macs']:.2f} | "
+                    f"{r['prune_s']:.2f} | {1 - r['params']:.2f} | {r['macs']:.2f} | "
                     f"{'no boxes' if r['boxes'] == 0 else 'ok' if r['runs'] else 'WRONG SHAPE'} | "
                     f"{r['equivalence']:.1e}{' (f32)' * r.get('float32', 0)} |"
-                    + (f" {r['family']} | {', '.join(r['opaque'])} |" if tasks else ""))
+                    + (f" {r['family']} | {', '.join(r['opaque'])} |" if tasks else "") + f" {r['why']} |")
             failures += not r["runs"] or r["boxes"] == 0 or not r["equivalence"] < (1e-3 if r.get("float32") else 1e-4)
         except Exception as error:  # noqa: BLE001 - a benchmark reports every failure and goes on
             line = f"| {name} | error: {type(error).__name__}: {str(error)[:120]} |"

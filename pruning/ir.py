@@ -18,7 +18,7 @@ from .labels import Label, check_selection
 from .nodes import get_tensor
 from .registry import Rule, RuleTable, local_rules
 from .surgery import graph_module, prune_graph_module
-from .tracing import record_shapes, trace_graph
+from .tracing import TracingError, record_shapes, trace_graph
 from .tracing.codegen import hoisted
 from .tracing.state import evaluated
 
@@ -36,11 +36,18 @@ class Snapshot:
     name. In the second case the GraphModule (a code generation and a compile) is built on first
     use of [`model`][]: analysing, selecting and pruning only need the graph, so an IR that is
     only pruned never builds its unpruned GraphModule.
+
+    ``retrace`` (the leaf modules of a graph that soft tracing made partly opaque without an example):
+    the first positional-only input that [`analyze`][] sees traces the model again with it, as
+    ``PruningIR(example_input=...)`` does, so that branches on sizes (a feature map padded to a multiple
+    of the patch size) take the input's way, guarded in the graph, instead of keeping their module whole.
     """
 
     def __init__(self, name: str, model: nn.Module, example: tuple[tuple, dict] | None = None,
-                 graph: fx.Graph | None = None, rules: RuleTable | None = None) -> None:
+                 graph: fx.Graph | None = None, rules: RuleTable | None = None,
+                 retrace: list[type | nn.Module] | None = None) -> None:
         self._uid: str | None = None
+        self._retrace = None if retrace is None else (model, retrace)
         #: the IR's own rules (``PruningIR(rules=...)``), ahead of the registry in the analysis
         self.rules = rules
         self.name = name
@@ -103,6 +110,13 @@ class Snapshot:
                     "PruningIR, call ir.snapshot().analyze(*inputs), or calibrate with "
                     "LossAwareCriterion first")
             args, kwargs = self._example
+        if self._retrace is not None:
+            model, leaves = self._retrace
+            self._retrace = None
+            if not kwargs:  # an example is positional (see PruningIR's example_input)
+                with local_rules(self.rules):
+                    self._graph = trace_graph(model, leaves, True, example=args)
+                self._root, self._model, self._uid = model, None, None
         try:
             with local_rules(self.rules):
                 record_shapes(self._root, args, kwargs, self._graph)
@@ -153,7 +167,8 @@ class Snapshot:
     def __getstate__(self) -> dict:
         # A snapshot is saved (and deep-copied) with its GraphModule, whose pickle is its code.
         model, uid = self.model, self.ir_uid
-        state = {key: value for key, value in self.__dict__.items() if key not in ("_root", "_graph", "_model")}
+        state = {key: value for key, value in self.__dict__.items()
+                 if key not in ("_root", "_graph", "_model", "_retrace")}
         return {**state, "_uid": uid, "model": model}
 
     def __setstate__(self, state: dict) -> None:
@@ -167,6 +182,7 @@ class Snapshot:
         state.setdefault("input_covariances", None)  # saved by a version without regression compensation
         state.setdefault("input_samples", None)
         state.setdefault("rules", None)  # saved by a version without per-IR rules
+        state["_retrace"] = None  # a saved graph is analysed as it is
         self.__dict__.update(state)
         self._root, self._graph, self._model = model, model.graph, model
         names = {node.name for node in self._graph.nodes}
@@ -321,7 +337,10 @@ class PruningIR:
         example_input: optional tensor or tuple of positional inputs. The channel analysis needs
             one forward pass; with an example it runs now, without one on the first forward pass
             through the criterion (or ``ir.snapshot().analyze(*inputs)``). ENOT's ``pruning_v2``
-            interface has no such argument; ``PruningIR(model)`` alone works as there. With it, the
+            interface has no such argument; ``PruningIR(model)`` alone works as there: if tracing without
+            an example makes part of the model opaque (soft tracing), the first input the analysis sees,
+            when positional only, traces it again as an example would (the graph is then guarded for
+            inputs shaped like it). With an example, the
             forward's parameters after these inputs that have a plain default (``mask=None``,
             ``flag=False``) are fixed at it: the traced and pruned models take the branches those
             defaults take, and passing another value to them raises. A positional input may be a list of
@@ -361,9 +380,16 @@ class PruningIR:
         if getattr(model, "_pruning_traced", False):
             main = Snapshot("main", model, rules=self.rules)
         else:
+            graph, retrace = None, None
             with local_rules(self.rules):
-                graph = trace_graph(model, self.leaf_modules, soft_tracing, example=args)
-            main = Snapshot("main", model, graph=graph, rules=self.rules)
+                if args is None and soft_tracing:
+                    try:  # a model traced whole without an example needs none
+                        graph = trace_graph(model, self.leaf_modules, False)
+                    except TracingError:
+                        retrace = self.leaf_modules
+                if graph is None:
+                    graph = trace_graph(model, self.leaf_modules, soft_tracing, example=args)
+            main = Snapshot("main", model, graph=graph, rules=self.rules, retrace=retrace)
         self._snapshots = {"main": main}
         if args is not None:
             self._snapshots["main"].analyze(*args)

@@ -198,6 +198,33 @@ def test_soft_tracing_makes_untraceable_modules_leaves(x):
         PruningIR(WithBranch(), soft_tracing=False)
 
 
+class CumulativeHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv, self.head = nn.Conv2d(3, 5, 1), nn.Conv2d(5, 8, 3), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(torch.relu(self.stem(x)))
+        return self.head(torch.cumsum(y, dim=1))  # a running sum over the channels mixes them
+
+
+def test_the_analysis_names_the_op_that_fixed_each_unprunable_label(x):
+    """What the coverage tables' reason column reads: per label, the op whose rule first fixed it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        branch = PruningIR(WithBranch(), example_input=x).snapshot().analysis
+    cumulative = PruningIR(nn.Sequential(CumulativeHead()), example_input=x).snapshot().analysis
+
+    def causes(analysis, name):
+        site = next(site for site in analysis.sites if site.name == name and site.dim == 0)
+        return {analysis.blockers[k] if k >= 0 else None for k in analysis.blocked_by[site.label_index]}
+
+    assert [c.rsplit(".", 1)[-1] for c in causes(branch, "conv2.weight")] == ["DataDependent"]  # the opaque leaf
+    assert causes(branch, "head.weight") == causes(cumulative, "0.head.weight") == {"model output"}
+    assert causes(branch, "conv1.weight") == {None}  # prunable
+    assert causes(cumulative, "0.conv.weight") == {"torch.cumsum in CumulativeHead"}  # in a submodule's forward
+
+
 class Wrapper(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()

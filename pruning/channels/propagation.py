@@ -57,6 +57,11 @@ class Analysis:
     #: Ops no rule understands that channels reached (each blocked them), and such layers with
     #: parameters (their own channels stay), as 'node (op)'.
     opaque: list[str] = field(default_factory=list)
+    #: Per label, the index in ``blockers`` of what first fixed it (-1: not fixed by a block; such a label
+    #: may still be unprunable, living only in a parameter dim no rule understood): the op whose rule
+    #: fixed it, as ``Snapshot.opaque_ops`` names ops, or 'model output'.
+    blocked_by: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
+    blockers: list[str] = field(default_factory=list)
 
 
 def named_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -235,12 +240,14 @@ class Context:
             elif node.op == "get_attr":
                 value = self._get_attr(node, shape)
             elif node.op == "output":
+                self.space.current = node
                 for v in self.input_values(node):
                     self.block_value(v)
                 continue
             else:
                 module = self.module(node) if node.op == "call_module" else None
                 rule = registry.lookup(node, module)
+                self.space.current = node
                 value = rule.propagate(self, node)
                 if not rule.reads_sizes:
                     for a in flatten_args((node.args, node.kwargs)):
@@ -255,6 +262,20 @@ class Context:
                     module_rules[node.target] = rule
             self.values[node] = value
         return self._finish(rewrites, module_rules)
+
+    def _cause_name(self, node: fx.Node | None) -> str:
+        """What a block's node is: its op as ``Snapshot.opaque_ops`` names ops, and for a function or method
+        the class of the module whose forward called it; 'model output' for the output node."""
+        if node is None:
+            return "unknown"
+        if node.op == "output":
+            return "model output"
+        if node.op == "call_module":
+            return _op_name(node, self._modules[node.target])
+        stack = node.meta.get("nn_module_stack")
+        owner = next(reversed(stack.values()))[1] if stack else None
+        where = f" in {getattr(owner, '__qualname__', owner)}" if owner is not None else ""
+        return _op_name(node, None) + where
 
     def _get_attr(self, node: fx.Node, shape: Any) -> Any:
         if not is_size(shape):
@@ -285,8 +306,14 @@ class Context:
                          [len(labels) for labels in places.values()])
         node_ids = {n.name: self.values.get(n) for n in self.graph.nodes}
         shapes = {n.name: n.meta.get("pruning_shape") for n in self.graph.nodes}
+        blockers: dict[str, int] = {}  # the name of each op that blocked, numbered
+        number = {node: blockers.setdefault(self._cause_name(node), len(blockers))
+                  for node in dict.fromkeys(self.space.block_causes)}
+        # the block call that first fixed each label -> its op's number (-1: none, the appended last entry)
+        blocked_by = np.array([number[node] for node in self.space.block_causes] + [-1], dtype=np.int64)[
+            self.space.first_blocks(label_of_id, count)]
         return Analysis(label_of_id, count, prunable, normalized, sites, groups, node_ids, shapes,
-                        rewrites, module_rules, self._opaque)
+                        rewrites, module_rules, self._opaque, blocked_by, list(blockers))
 
 
 def _has_ids(value: Any) -> bool:

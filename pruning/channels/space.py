@@ -21,6 +21,10 @@ class ChannelSpace:
         self._merge_a: list[np.ndarray] = []
         self._merge_b: list[np.ndarray] = []
         self._blocked: list[np.ndarray] = []
+        #: what was being propagated (``current``) at each ``block`` call
+        self.block_causes: list[object] = []
+        #: what is being propagated (a graph node)
+        self.current: object = None
         self._normalized: list[np.ndarray] = []
 
     def fresh(self, count: int) -> np.ndarray:
@@ -40,6 +44,7 @@ class ChannelSpace:
     def block(self, ids: np.ndarray) -> None:
         """Forbid pruning of the labels that contain any of ``ids``."""
         self._blocked.append(np.asarray(ids, dtype=np.int64).ravel())
+        self.block_causes.append(self.current)
 
     def normalized(self, ids: np.ndarray) -> None:
         """Note that ``ids`` enter statistics over channels (LayerNorm): removing them is not exact."""
@@ -72,6 +77,16 @@ class ChannelSpace:
             label = rank[label]
         return label, count, self._flags(label, count, self._blocked), self._flags(
             label, count, self._normalized)
+
+    def first_blocks(self, label: np.ndarray, count: int) -> np.ndarray:
+        """For each label, the number of the first ``block`` call that fixed it (-1: none); ``block_causes``
+        holds what was being propagated at each call, so a report can say what keeps channels whole."""
+        first = np.full(count, len(self._blocked), dtype=np.int64)
+        if self._blocked:
+            calls = np.repeat(np.arange(len(self._blocked)), [len(ids) for ids in self._blocked])
+            np.minimum.at(first, label[np.concatenate(self._blocked)], calls)
+        first[first == len(self._blocked)] = -1
+        return first
 
     @staticmethod
     def _flags(label: np.ndarray, count: int, marked: list[np.ndarray]) -> np.ndarray:
