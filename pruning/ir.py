@@ -350,7 +350,9 @@ class PruningIR:
         rules: rules for this IR only, by the keys that [`register_rule`][pruning.registry.register_rule]
             takes (a module type, a method name, a function, or a qualified name), ahead of the registered
             ones: support for an op of your own, or another rule for one of ours, without changing what
-            other IRs see. A pruned IR keeps them.
+            other IRs see. A pruned IR keeps them, and so does a saved one; key a function defined in
+            the script you run by its qualified name (``"__main__.my_op"``), since dill saves such a
+            function by value and the loaded key is then another object than the graph calls.
 
     The pruned model (``ir.prune(...).model``) is a ``torch.fx.GraphModule``: its submodules keep
     their names and classes, parameters are physically smaller, and Python branches on
