@@ -456,3 +456,24 @@ def test_grid_sample_passes_the_sampled_channels_and_keeps_the_grid_s():
     labels = snapshot.groups[0][:5]
     assert equivalence_error(ir, labels, x, dtype=torch.float64) < 1e-12
     assert ir.prune(labels=labels).model.get_submodule("b").in_channels == 3
+
+
+class ChannelsLastPad(nn.Module):
+    """Windowed attention's padding: a (B, H, W, C) tensor padded in H and W by F.pad(x, (0, 0, 0, 1, 0, 1))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(F.pad(self.a(x), (0, 0, 0, 1, 0, 1))))
+
+
+def test_a_channels_last_dim_that_f_pad_leaves_as_it_is_keeps_its_channels():
+    model, x = perturb(ChannelsLastPad().eval()), torch.randn(2, 5, 5, 3)
+    ir = PruningIR(model, example_input=x)
+    snapshot = ir.snapshot()
+    assert [len(g) for g in snapshot.groups] == [8]  # a's features, through the padding
+    labels = snapshot.groups[0][:5]
+    assert equivalence_error(ir, labels, x, dtype=torch.float64) < 1e-12
+    assert ir.prune(labels=labels).model(x).shape == (2, 6, 6, 2)

@@ -47,18 +47,21 @@ def broadcast(ctx, out_shape: Sequence[int], inputs: list[tuple[Any, Sequence[in
     return tuple(out)
 
 
-def spatial(ctx, value: tuple, in_shape: Sequence[int], out_shape: Any, trailing: int) -> Any:
+def spatial(ctx, value: tuple, in_shape: Sequence[int], out_shape: Any, trailing: int,
+            untouched: frozenset[int] = frozenset()) -> Any:
     """An op that works on the last ``trailing`` dims (pooling, resize, pad) and keeps the others.
 
-    Channels in the trailing dims, or in a dim whose size changes, are blocked. Ops returning
-    (values, indices) give both the same channels.
+    Channels in the trailing dims, or in a dim whose size changes, are blocked, except in the trailing
+    dims ``untouched`` (non-negative indices) that the op leaves as they are (padded by zero on both sides).
+    Ops returning (values, indices) give both the same channels.
     """
     nd = len(in_shape)
     first = out_shape[0] if isinstance(out_shape, list) else out_shape
     same_rank = is_size(first) and len(first) == nd
     kept = []
     for d, ids in enumerate(value):
-        if ids is not None and (d >= nd - trailing or not same_rank or first[d] != in_shape[d]):
+        if ids is not None and ((d >= nd - trailing and d not in untouched) or not same_rank
+                                or first[d] != in_shape[d]):
             ctx.space.block(ids)
             ids = None
         kept.append(ids)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from ..nodes import arg, normalize_dim
 from ..registry import CONSERVATIVE, Rule, register
@@ -28,7 +28,14 @@ class Spatial(Rule):
         if node.target is F.interpolate:
             trailing = len(shape) - 2
         elif node.target is F.pad:
-            trailing = len(arg(node, 1, "pad")) // 2
+            pad = arg(node, 1, "pad")
+            trailing = len(pad) // 2
+            # a dim padded by a literal (0, 0) is left as it is: its channels pass (a channels-last tensor
+            # padded in its spatial dims, as windowed attention does)
+            untouched = frozenset(len(shape) - 1 - i for i in range(trailing)
+                                  if not isinstance(pad[2 * i], fx.Node) and not isinstance(pad[2 * i + 1], fx.Node)
+                                  and pad[2 * i] == 0 and pad[2 * i + 1] == 0)
+            return spatial(ctx, ctx.value(x), shape, ctx.shape(node), trailing, untouched)
         elif node.target in (torch.roll, "roll"):
             dims = arg(node, 2, "dims", None)
             value = ctx.value(x)
